@@ -1,0 +1,139 @@
+"""The questions every architecture adapter answers.
+
+Nothing outside ``spatial_interp/models/adapters`` branches on the architecture: the wrapper,
+the interventions and the CLI ask an :class:`Adapter` instead. An adapter is one small file that
+names module paths, builds each image's :class:`~spatial_interp.geometry.ImageLayout` from the
+processor's real output, and describes the architecture-exact tiny model used offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ...geometry import Grid, ImageLayout, PixelTransform
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """What a ``tiny-<arch>`` model is built from: a config and a processor, both offline."""
+
+    config: Any
+    processor: Any
+
+
+class Adapter:
+    """Architecture adapter. Subclasses fill the class attributes and the abstract methods."""
+
+    arch: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    """``config.model_type`` values this adapter serves."""
+    canvas: ClassVar[str]
+    """Name of the stimulus canvas preset (``spatial_interp.data.canvas``) native to this model."""
+    lm_layers: ClassVar[str] = "model.language_model.layers"
+    final_norm: ClassVar[str] = "model.language_model.norm"
+    unembed: ClassVar[str] = "lm_head"
+    vision_blocks: ClassVar[str]
+    vision_out_module: ClassVar[str]
+    image_token: ClassVar[str]
+
+    # --- sizes ----------------------------------------------------------------------------------
+    def text_config(self, config: Any) -> Any:
+        return config.text_config
+
+    def n_lm_layers(self, config: Any) -> int:
+        return self.text_config(config).num_hidden_layers
+
+    def d_model(self, config: Any) -> int:
+        return self.text_config(config).hidden_size
+
+    def n_vision_blocks(self, config: Any) -> int:
+        return config.vision_config.num_hidden_layers
+
+    def d_vision(self, config: Any) -> int:
+        return config.vision_config.hidden_size
+
+    def image_token_id(self, config: Any) -> int:
+        return config.image_token_id
+
+    # --- streams --------------------------------------------------------------------------------
+    def vision_out_tensor(self, output: Any) -> Tensor:
+        """The spliced vision embeddings inside ``vision_out_module``'s output."""
+        return output
+
+    def flatten_vision(self, value: Tensor) -> Tensor:
+        """A ``(rows, d)`` view of a vision activation (shares storage, so writes go through)."""
+        return value.reshape(-1, value.shape[-1])
+
+    # --- geometry -------------------------------------------------------------------------------
+    def image_grid(
+        self, inputs: Mapping[str, Tensor], b: int, image_size: tuple[int, int], processor: Any
+    ) -> tuple[Grid, PixelTransform, int]:
+        """Grid, pixel transform and processed pixels per cell of batch item ``b``.
+
+        Read from what the processor produced for that item, so the layout is the geometry the model
+        actually saw; ``image_size`` is the original ``(width, height)``.
+        """
+        raise NotImplementedError
+
+    def patch_rows(self, grid: Grid, processor: Any, config: Any) -> Tensor:
+        """``(cells, patches_per_cell)`` rows of one image's vision-block activation, row-major cells."""
+        raise NotImplementedError
+
+    def vision_block_rows_per_image(self, grid: Grid, processor: Any, config: Any) -> int:
+        """How many rows one image occupies in a (flattened) vision-block activation."""
+        return int(self.patch_rows(grid, processor, config).numel())
+
+    def layouts(
+        self,
+        inputs: Mapping[str, Tensor],
+        images: list[Image.Image],
+        processor: Any,
+        config: Any,
+    ) -> list[ImageLayout]:
+        """One layout per image of a batch (one image per prompt), from the processor's output."""
+        input_ids = inputs["input_ids"]
+        token_id = self.image_token_id(config)
+        layouts, vision_offset, out_offset = [], 0, 0
+        for b, image in enumerate(images):
+            grid, transform, cell_px = self.image_grid(inputs, b, image.size, processor)
+            positions = (input_ids[b] == token_id).nonzero().flatten()
+            patches = self.patch_rows(grid, processor, config)
+            layouts.append(
+                ImageLayout(
+                    grid=grid,
+                    image_size=image.size,
+                    transform=transform,
+                    cell_px=cell_px,
+                    batch_index=b,
+                    lm_positions=positions,
+                    vision_out_rows=torch.arange(grid.n_cells) + out_offset,
+                    vision_block_rows=patches + vision_offset,
+                    last_position=input_ids.shape[1] - 1,
+                )
+            )
+            vision_offset += self.vision_block_rows_per_image(grid, processor, config)
+            out_offset += grid.n_cells
+        return layouts
+
+    # --- loading --------------------------------------------------------------------------------
+    @staticmethod
+    def matches(config: Any) -> bool:
+        """Whether this adapter serves ``config`` among those sharing its ``model_type``."""
+        return True
+
+    def randomize_tiny(self, model: torch.nn.Module, generator: torch.Generator) -> None:
+        """Re-initialise weights a random tiny model must not keep at their default (none here)."""
+
+    def tiny(self, seed: int) -> TinySpec:
+        """Config and processor of the architecture-exact random tiny model."""
+        raise NotImplementedError
+
+    def meta_config(self) -> Any:
+        """The real flagship checkpoint's config, written out (no download), for meta-device checks."""
+        raise NotImplementedError

@@ -1,0 +1,125 @@
+"""``si.load(name)``: real checkpoints (hub id or local folder), offline tiny models, shipped organisms.
+
+Example:
+    >>> import spatial_interp as si
+    >>> si.load("tiny-gemma3").arch
+    'gemma3'
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import ADAPTERS, adapter_for_arch, adapter_for_config
+from .vlm import VLM, ModelInfo
+
+log = logging.getLogger(__name__)
+
+TINY_PREFIX = "tiny-"
+ORGANISM_PREFIX = "organism-"
+ORGANISM_DIR = Path(__file__).parent / "organisms"
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class UnknownModelError(ValueError):
+    """A model name that is neither a tiny model, a shipped organism, nor a loadable checkpoint."""
+
+
+def _arch_of(short: str) -> str:
+    """``qwen2-vl`` / ``qwen2_vl`` → ``qwen2_vl``."""
+    return short.replace("-", "_").replace(".", "_")
+
+
+def tiny_names() -> list[str]:
+    return [TINY_PREFIX + arch.replace("_", "-").replace("2-5", "2.5") for arch in ADAPTERS]
+
+
+def organism_names() -> list[str]:
+    if not ORGANISM_DIR.is_dir():
+        return []
+    return sorted(ORGANISM_PREFIX + p.name for p in ORGANISM_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}") from None
+
+
+def load(
+    name: str,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    revision: str | None = None,
+    **model_kwargs: Any,
+) -> VLM:
+    """Load a VLM by name.
+
+    Args:
+        name: a Hugging Face hub id (``"Qwen/Qwen2-VL-7B-Instruct"``) or local checkpoint folder;
+            ``"tiny-<arch>"`` for an architecture-exact random tiny model built offline
+            (``tiny-qwen2-vl``, ``tiny-qwen2.5-vl``, ``tiny-gemma3``, ``tiny-llava``, ``tiny-pixtral``);
+            ``"organism-<arch>"`` for a trained model organism shipped in the package.
+        dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
+        seed: initialisation seed of tiny models (same seed, same weights).
+        revision: hub revision of a real checkpoint.
+        model_kwargs: passed to ``from_pretrained`` (e.g. ``attn_implementation``, ``device_map``).
+    """
+    torch_dtype = resolve_dtype(dtype)
+    if name.startswith(TINY_PREFIX):
+        vlm = _load_tiny(name, seed)
+    elif name.startswith(ORGANISM_PREFIX):
+        folder = ORGANISM_DIR / name[len(ORGANISM_PREFIX):]
+        if not (folder / "config.json").is_file():
+            raise UnknownModelError(f"no shipped organism {name!r}; available: {', '.join(organism_names()) or 'none'}")
+        vlm = _load_pretrained(str(folder), torch_dtype, None, source="organism", name=name, **model_kwargs)
+    else:
+        vlm = _load_pretrained(name, torch_dtype, revision, source="hub", name=name, **model_kwargs)
+    vlm.model.to(device=device, dtype=torch_dtype)
+    return vlm
+
+
+def _load_tiny(name: str, seed: int) -> VLM:
+    arch = _arch_of(name[len(TINY_PREFIX):])
+    if arch not in ADAPTERS:
+        raise UnknownModelError(f"unknown tiny model {name!r}; available: {', '.join(tiny_names())}")
+    adapter = adapter_for_arch(arch)
+    spec = adapter.tiny(seed)
+    from transformers import AutoModelForImageTextToText
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(spec.config)
+    adapter.randomize_tiny(model, torch.Generator().manual_seed(seed + 1))
+    model.requires_grad_(False)
+    return VLM(model, spec.processor, adapter, ModelInfo(name=name, source="tiny", extra={"seed": seed}))
+
+
+def _load_pretrained(path: str, dtype: torch.dtype, revision: str | None, *, source: str, name: str,
+                     **model_kwargs: Any) -> VLM:
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+    except OSError as error:
+        raise UnknownModelError(
+            f"cannot load {name!r}: not a local checkpoint folder and not reachable on the Hugging Face hub "
+            f"({error}). Offline, use one of {', '.join(tiny_names() + organism_names())}"
+        ) from error
+    adapter = adapter_for_config(config)
+    log.info("loading %s (%s) as %s", name, adapter.arch, dtype)
+    model = AutoModelForImageTextToText.from_pretrained(path, revision=revision, dtype=dtype, **model_kwargs)
+    processor = AutoProcessor.from_pretrained(path, revision=revision)
+    model.requires_grad_(False)
+    return VLM(model, processor, adapter, ModelInfo(name=name, revision=revision, source=source))

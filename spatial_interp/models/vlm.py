@@ -1,0 +1,230 @@
+"""The VLM wrapper: one object that prepares batches and exposes every stream as an nnsight trace.
+
+Example:
+    >>> import torch, spatial_interp as si
+    >>> from PIL import Image
+    >>> vlm = si.load("tiny-qwen2-vl")
+    >>> batch = vlm.prepare([Image.new("RGB", (336, 336), "white")], ["The color of the square is "])
+    >>> batch.layouts[0].grid.rows, batch.layouts[0].grid.cols
+    (12, 12)
+    >>> with vlm.trace(batch):
+    ...     embeds = vlm.stream(si.site.vision_out).save()
+    ...     h3 = vlm.stream(si.site.lm_resid(3)).save()
+    >>> tuple(embeds.shape), tuple(h3.shape)[-1] == vlm.d_model
+    ((144, 64), True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from nnsight import NNsight
+from PIL import Image
+from torch import Tensor
+
+from ..geometry import ImageLayout
+from ..site import Site, SiteError
+from .adapters import Adapter
+
+DEFAULT_SYSTEM = object()
+"""Sentinel: use the paper's system text (``spatial_interp.data.prompts.SYSTEM_TEXT``)."""
+
+
+@dataclass
+class Batch:
+    """Model inputs for several (image, prompt) items plus the geometry of each image."""
+
+    inputs: dict[str, Tensor]
+    layouts: list[ImageLayout]
+    texts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.layouts)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+
+@dataclass
+class ModelInfo:
+    """Provenance of a loaded model (recorded in every saved result)."""
+
+    name: str
+    revision: str | None = None
+    source: str = "hub"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class VLM:
+    """A vision-language model with its processor, adapter and nnsight envoy.
+
+    Attributes:
+        arch: ``"qwen2_vl" | "qwen2_5_vl" | "gemma3" | "llava" | "pixtral"``.
+        model: the Hugging Face ``...ForConditionalGeneration`` module.
+        processor: its processor.
+        envoy: the nnsight wrapper of ``model``; traces run through it.
+    """
+
+    def __init__(self, model: torch.nn.Module, processor: Any, adapter: Adapter, info: ModelInfo) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.adapter = adapter
+        self.info = info
+        self.config = model.config
+        self.envoy = NNsight(self.model)
+
+    # --- description ----------------------------------------------------------------------------
+    @property
+    def arch(self) -> str:
+        return self.adapter.arch
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def n_lm_layers(self) -> int:
+        return self.adapter.n_lm_layers(self.config)
+
+    @property
+    def n_vision_blocks(self) -> int:
+        return self.adapter.n_vision_blocks(self.config)
+
+    @property
+    def d_model(self) -> int:
+        return self.adapter.d_model(self.config)
+
+    @property
+    def d_vision(self) -> int:
+        return self.adapter.d_vision(self.config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def image_token_id(self) -> int:
+        return self.adapter.image_token_id(self.config)
+
+    @property
+    def canvas(self) -> str:
+        """Name of the stimulus canvas preset native to this architecture."""
+        return self.adapter.canvas
+
+    def __repr__(self) -> str:
+        return (f"VLM({self.info.name!r}, arch={self.arch}, lm_layers={self.n_lm_layers}, "
+                f"d_model={self.d_model}, vision_blocks={self.n_vision_blocks})")
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def render(self, prompt: str, system: Any = DEFAULT_SYSTEM) -> str:
+        """The chat-templated text for one user prompt (one image placeholder first, as in the paper)."""
+        from ..data.prompts import SYSTEM_TEXT, render_prompt
+
+        return render_prompt(self.processor, prompt, system=SYSTEM_TEXT if system is DEFAULT_SYSTEM else system)
+
+    def prepare(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        system: Any = DEFAULT_SYSTEM,
+        *,
+        chat: bool = True,
+    ) -> Batch:
+        """Process ``images`` and user ``prompts`` (one image each) into a left-padded batch.
+
+        Args:
+            system: system text; defaults to the paper's, ``None`` for the template's own default.
+            chat: apply the processor's chat template; ``False`` takes ``prompts`` as final texts
+                (each must already contain the image placeholder).
+        """
+        images, prompts = list(images), list(prompts)
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image")
+        if not images:
+            raise ValueError("prepare() needs at least one (image, prompt) pair")
+        for i, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise TypeError(f"images[{i}] is {type(image).__name__}, expected a PIL.Image.Image")
+        images = [im.convert("RGB") for im in images]
+        texts = [self.render(p, system) for p in prompts] if chat else prompts
+        self.tokenizer.padding_side = "left"
+        # One image per prompt, nested per sample: the form every processor accepts for a batch.
+        encoded = self.processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
+        inputs = {k: v for k, v in encoded.items() if isinstance(v, Tensor)}
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        layouts = self.adapter.layouts({k: v.cpu() for k, v in inputs.items()}, images, self.processor, self.config)
+        return Batch(inputs=inputs, layouts=layouts, texts=texts)
+
+    # --- running --------------------------------------------------------------------------------
+    def trace(self, batch: Batch, **kwargs: Any):
+        """An nnsight trace of one forward over ``batch`` (all items in one invoke).
+
+        Read or write streams inside it with :meth:`stream`, in forward order (vision before LM,
+        lower layers before higher). Use as ``with vlm.trace(batch): ...``.
+        """
+        return self.envoy.trace(**batch.inputs, **kwargs)
+
+    def module_path(self, site: Site) -> str:
+        """Dotted path (under ``vlm.model``) of the module whose input/output is ``site``."""
+        self.check_site(site)
+        if site.kind == "vision_out":
+            return self.adapter.vision_out_module
+        if site.kind == "vision_block":
+            return f"{self.adapter.vision_blocks}.{site.index}"
+        return f"{self.adapter.lm_layers}.{max(site.index - 1, 0)}"
+
+    def reads_input(self, site: Site) -> bool:
+        """Whether ``site`` is a module *input* (only ``lm_resid(0)``, the decoder-layer-0 input)."""
+        return site.kind == "lm_resid" and site.index == 0
+
+    def module(self, site: Site) -> torch.nn.Module:
+        """The plain PyTorch module behind ``site`` (for raw hooks)."""
+        return self.model.get_submodule(self.module_path(site))
+
+    def stream(self, site: Site) -> Float[Tensor, "..."]:
+        """Inside a trace: the live activation at ``site``.
+
+        LM sites are ``(batch, pos, d_model)`` (``last_token``: ``(batch, d_model)``); vision sites
+        are ``(rows, d)`` over the whole batch (see :meth:`ImageLayout.indices`). The tensor is the
+        one the model uses, so in-place writes (``h[b, rows] = ...``) intervene.
+        """
+        envoy = self.envoy.get(self.module_path(site))
+        if self.reads_input(site):
+            value = envoy.input
+        else:
+            value = envoy.output
+        if site.kind == "vision_out":
+            value = self.adapter.vision_out_tensor(value)
+        if site.is_vision:
+            return self.adapter.flatten_vision(value)
+        return value[:, -1] if site.only_last_token else value
+
+    def logits(self) -> Float[Tensor, "batch pos vocab"]:
+        """Inside a trace: the model's output logits."""
+        return self.envoy.output.logits
+
+    @torch.no_grad()
+    def forward(self, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
+        """Plain forward (no trace): logits."""
+        return self.model(**batch.inputs).logits
+
+    def check_site(self, site: Site) -> None:
+        """Raise :class:`SiteError` if ``site`` does not exist in this model."""
+        limits = {"vision_block": self.n_vision_blocks - 1, "lm_resid": self.n_lm_layers, "vision_out": None}
+        top = limits[site.kind]
+        if top is not None and not 0 <= site.index <= top:
+            raise SiteError(
+                f"{site} is out of range for {self.info.name}: {site.kind} indices run 0..{top} "
+                f"({self.n_vision_blocks} vision blocks, {self.n_lm_layers} LM layers → lm_resid 0..{self.n_lm_layers})"
+            )
