@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from nnsight import NNsight
+from nnsight.modeling.transformers import TransformersModel
 from PIL import Image
 from torch import Tensor
 
@@ -76,7 +76,11 @@ class VLM:
         self.adapter = adapter
         self.info = info
         self.config = model.config
-        self.envoy = NNsight(self.model)
+        # A TransformersModel (not a bare NNsight) so traces can run remotely on NDIF (remote=True)
+        # or through nnsight's local serialisation round trip (remote="local").
+        self.envoy = TransformersModel(
+            self.model, processor=processor, tokenizer=processor.tokenizer, task="image-text-to-text"
+        )
 
     # --- description ----------------------------------------------------------------------------
     @property
@@ -167,13 +171,16 @@ class VLM:
         return Batch(inputs=inputs, layouts=layouts, texts=texts)
 
     # --- running --------------------------------------------------------------------------------
-    def trace(self, batch: Batch, **kwargs: Any):
+    def trace(self, batch: Batch, *, remote: bool | str = False, **kwargs: Any):
         """An nnsight trace of one forward over ``batch`` (all items in one invoke).
 
         Read or write streams inside it with :meth:`stream`, in forward order (vision before LM,
-        lower layers before higher). Use as ``with vlm.trace(batch): ...``.
+        lower layers before higher). Use as ``with vlm.trace(batch): ...``. ``remote=True`` sends
+        the trace to NDIF; ``remote="local"`` runs nnsight's serialisation round trip in process.
+        Batching is one invoke holding every item (nnsight refuses several multimodal invokes);
+        index rows with each item's :class:`ImageLayout`.
         """
-        return self.envoy.trace(**batch.inputs, **kwargs)
+        return self.envoy.trace(**batch.inputs, remote=remote, **kwargs)
 
     def module_path(self, site: Site) -> str:
         """Dotted path (under ``vlm.model``) of the module whose input/output is ``site``."""

@@ -41,6 +41,10 @@ class Adapter:
     vision_blocks: ClassVar[str]
     vision_out_module: ClassVar[str]
     image_token: ClassVar[str]
+    native_size: ClassVar[tuple[int, int]]
+    """``(width, height)`` of the paper's synthetic canvas for this model (an exact grid, no resampling)."""
+    extra_verify_sizes: ClassVar[tuple[tuple[int, int], ...]] = ()
+    """Further image sizes the geometry self-check covers (resizes, crops, odd aspect ratios)."""
 
     # --- sizes ----------------------------------------------------------------------------------
     def text_config(self, config: Any) -> Any:
@@ -120,6 +124,9 @@ class Adapter:
             vision_offset += self.vision_block_rows_per_image(grid, processor, config)
             out_offset += grid.n_cells
         return layouts
+
+    def verify_sizes(self) -> list[tuple[int, int]]:
+        return [self.native_size, *self.extra_verify_sizes]
 
     # --- loading --------------------------------------------------------------------------------
     @staticmethod

@@ -59,6 +59,8 @@ class Gemma3Adapter(Adapter):
     vision_blocks = "model.vision_tower.encoder.layers"
     vision_out_module = "model.multi_modal_projector"
     image_token = "<image_soft_token>"
+    native_size = (896, 896)
+    extra_verify_sizes = ((640, 480),)
 
     def image_token_id(self, config: Any) -> int:
         return config.image_token_index

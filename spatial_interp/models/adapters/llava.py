@@ -50,6 +50,8 @@ class LlavaAdapter(Adapter):
     vision_blocks = "model.vision_tower.encoder.layers"
     vision_out_module = "model.multi_modal_projector"
     image_token = "<image>"
+    native_size = (336, 336)
+    extra_verify_sizes = ((448, 336), (500, 400))
 
     @staticmethod
     def matches(config: Any) -> bool:

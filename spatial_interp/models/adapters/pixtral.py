@@ -52,6 +52,8 @@ class PixtralAdapter(Adapter):
     vision_blocks = "model.vision_tower.transformer.layers"
     vision_out_module = "model.multi_modal_projector"
     image_token = "[IMG]"
+    native_size = (240, 240)
+    extra_verify_sizes = ((288, 240), (1100, 700))
 
     @staticmethod
     def matches(config: Any) -> bool:

@@ -57,6 +57,8 @@ class Qwen2VLAdapter(Adapter):
     vision_blocks = "model.visual.blocks"
     vision_out_module = "model.visual.merger"
     image_token = "<|image_pad|>"
+    native_size = (336, 336)
+    extra_verify_sizes = ((448, 252), (280, 504), (500, 375))
 
     def n_vision_blocks(self, config: Any) -> int:
         return config.vision_config.depth
