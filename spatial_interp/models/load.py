@@ -123,3 +123,20 @@ def _load_pretrained(path: str, dtype: torch.dtype, revision: str | None, *, sou
     processor = AutoProcessor.from_pretrained(path, revision=revision)
     model.requires_grad_(False)
     return VLM(model, processor, adapter, ModelInfo(name=name, revision=revision, source=source))
+
+
+def meta_vlm(arch: str) -> VLM:
+    """The flagship checkpoint of ``arch`` built from its written-out config on the ``meta`` device.
+
+    No weights and no download: for checking layer counts, widths and geometry of real-size models.
+    The processor is the real processor class and settings around an offline tokenizer whose special
+    tokens sit at their real ids.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    adapter = adapter_for_arch(arch)
+    config = adapter.meta_config()
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    processor = adapter.processor(adapter.tokenizer(real_ids=True))
+    return VLM(model, processor, adapter, ModelInfo(name=f"meta-{arch}", source="meta"))

@@ -54,29 +54,23 @@ def build_word_tokenizer(
     Args:
         words: vocabulary words; each is added lower-case and Capitalised.
         specials: special token strings, each with a fixed id or ``None`` for "next free id".
-            Fixed ids keep a family's documented ids where they are small (e.g. Pixtral's
-            ``[IMG]`` = 10); gaps below the highest fixed id are filled with unused tokens.
+            Fixed ids reproduce a family's real ids (e.g. Pixtral's ``[IMG]`` = 10, Qwen's
+            ``<|image_pad|>`` = 151655); words take the lowest free ids and remaining gaps below the
+            highest id are filled with placeholder tokens.
         chat_template: Jinja chat template in the family's own format.
         extra_special_tokens: named special tokens (``name`` must end in ``_token``) that processors
             read as tokenizer attributes, e.g. Gemma-3's ``boi_token``.
     """
-    vocab: dict[str, int] = {}
     fixed = {tok: idx for tok, idx in specials.items() if idx is not None}
     if len(set(fixed.values())) != len(fixed):
         raise ValueError(f"special token ids collide: {fixed}")
-    for tok, idx in fixed.items():
-        vocab[tok] = idx
-    top = max(fixed.values(), default=-1)
-    for idx in range(top + 1):
-        if idx not in vocab.values():
-            vocab[f"<unused{idx}>"] = idx
-    next_id = top + 1
+    vocab: dict[str, int] = dict(fixed)
+    taken = set(fixed.values())
+    free = (i for i in range(10**9) if i not in taken)
 
     def add(tok: str) -> None:
-        nonlocal next_id
         if tok not in vocab:
-            vocab[tok] = next_id
-            next_id += 1
+            vocab[tok] = next(free)
 
     for tok, idx in specials.items():
         if idx is None:
@@ -85,8 +79,14 @@ def build_word_tokenizer(
     for word in words:
         add(word.lower())
         add(word.capitalize())
-    for mark in [".", ",", "?", "!", ":", ";", "-", "'", '"', "(", ")", "/", "\n"]:
+    for mark in [".", ",", "?", "!", ":", ";", "-", "'", '"', "(", ")", "/"]:
         add(mark)
+    # Ids left unused below the highest fixed id get placeholder tokens, so the vocabulary is dense.
+    top = max(vocab.values())
+    used = set(vocab.values())
+    for idx in range(top + 1):
+        if idx not in used:
+            vocab[f"<unused{idx}>"] = idx
 
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk_token))
     core.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,10 +77,17 @@ class VLM:
         self.adapter = adapter
         self.info = info
         self.config = model.config
-        # A TransformersModel (not a bare NNsight) so traces can run remotely on NDIF (remote=True)
-        # or through nnsight's local serialisation round trip (remote="local").
-        self.envoy = TransformersModel(
-            self.model, processor=processor, tokenizer=processor.tokenizer, task="image-text-to-text"
+
+    @functools.cached_property
+    def envoy(self) -> TransformersModel:
+        """The nnsight wrapper of :attr:`model` (built on first use).
+
+        A TransformersModel rather than a bare NNsight, so traces can run on NDIF (``remote=True``) or
+        through nnsight's serialisation round trip (``remote="local"``).
+        """
+        return TransformersModel(
+            self.model, processor=self.processor, tokenizer=self.processor.tokenizer,
+            task="image-text-to-text", device=self.device,
         )
 
     # --- description ----------------------------------------------------------------------------
@@ -164,10 +172,10 @@ class VLM:
         # One image per prompt, nested per sample: the form every processor accepts for a batch.
         encoded = self.processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
         inputs = {k: v for k, v in encoded.items() if isinstance(v, Tensor)}
+        layouts = self.adapter.layouts(inputs, images, self.processor, self.config)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        layouts = self.adapter.layouts({k: v.cpu() for k, v in inputs.items()}, images, self.processor, self.config)
         return Batch(inputs=inputs, layouts=layouts, texts=texts)
 
     # --- running --------------------------------------------------------------------------------

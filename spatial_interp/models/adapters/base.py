@@ -137,6 +137,14 @@ class Adapter:
     def randomize_tiny(self, model: torch.nn.Module, generator: torch.Generator) -> None:
         """Re-initialise weights a random tiny model must not keep at their default (none here)."""
 
+    def tokenizer(self, *, real_ids: bool = False) -> Any:
+        """Offline word-level tokenizer with this family's special tokens and chat template."""
+        raise NotImplementedError
+
+    def processor(self, tokenizer: Any) -> Any:
+        """The processor class and settings the real checkpoint ships, around ``tokenizer``."""
+        raise NotImplementedError
+
     def tiny(self, seed: int) -> TinySpec:
         """Config and processor of the architecture-exact random tiny model."""
         raise NotImplementedError

@@ -33,15 +33,16 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
 
-SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
-                  "<end_of_image>", "<image_soft_token>"]
+# Real ids of Gemma-3's special tokens.
+SPECIAL_TOKENS = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<start_of_turn>": 105, "<end_of_turn>": 106,
+                  "<start_of_image>": 255999, "<end_of_image>": 256000, "<image_soft_token>": 262144}
 
 
-def gemma_tokenizer(words=PROMPT_WORDS):
-    """Word-level tokenizer with Gemma-3's special tokens and chat format."""
+def gemma_tokenizer(words=PROMPT_WORDS, *, real_ids: bool = False):
+    """Word-level tokenizer with Gemma-3's special tokens and chat format (``real_ids``: see Qwen's)."""
     return build_word_tokenizer(
         words,
-        {tok: None for tok in SPECIAL_TOKENS},
+        SPECIAL_TOKENS if real_ids else dict.fromkeys(SPECIAL_TOKENS),
         chat_template=CHAT_TEMPLATE,
         bos_token="<bos>",
         eos_token="<eos>",
@@ -94,8 +95,11 @@ class Gemma3Adapter(Adapter):
         with torch.no_grad():
             weight.copy_(torch.randn(weight.shape, generator=generator) * weight.shape[0] ** -0.5)
 
+    def tokenizer(self, *, real_ids: bool = False):
+        return gemma_tokenizer(real_ids=real_ids)
+
     def tiny(self, seed: int) -> TinySpec:
-        tokenizer = gemma_tokenizer()
+        tokenizer = self.tokenizer()
         ids = tokenizer.convert_tokens_to_ids
         config = Gemma3Config(
             text_config=dict(

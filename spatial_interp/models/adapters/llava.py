@@ -30,11 +30,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def llava_tokenizer(words=PROMPT_WORDS):
+def llava_tokenizer(words=PROMPT_WORDS, *, real_ids: bool = False):
     """Word-level tokenizer with LLaVA-1.5's (Llama) special tokens and chat format."""
     return build_word_tokenizer(
         words,
-        {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": None, "<pad>": None},
+        {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 32000 if real_ids else None,
+         "<pad>": 32001 if real_ids else None},
         chat_template=CHAT_TEMPLATE,
         bos_token="<s>",
         eos_token="</s>",
@@ -80,8 +81,11 @@ class LlavaAdapter(Adapter):
     def vision_block_rows_per_image(self, grid, processor, config):
         return grid.n_cells + 1
 
+    def tokenizer(self, *, real_ids: bool = False):
+        return llava_tokenizer(real_ids=real_ids)
+
     def tiny(self, seed: int) -> TinySpec:
-        tokenizer = llava_tokenizer()
+        tokenizer = self.tokenizer()
         ids = tokenizer.convert_tokens_to_ids
         config = LlavaConfig(
             text_config=dict(

@@ -37,8 +37,8 @@ SPECIAL_TOKENS = {"<unk>": 0, "<s>": 1, "</s>": 2, "[INST]": 3, "[/INST]": 4, "[
                   "[IMG_BREAK]": 12, "[IMG_END]": 13, "<pad>": 11}
 
 
-def pixtral_tokenizer(words=PROMPT_WORDS):
-    """Word-level tokenizer with Pixtral's special tokens (at their real ids) and chat format."""
+def pixtral_tokenizer(words=PROMPT_WORDS, *, real_ids: bool = True):
+    """Word-level tokenizer with Pixtral's special tokens (always at their real, small ids)."""
     return build_word_tokenizer(
         words, SPECIAL_TOKENS, chat_template=CHAT_TEMPLATE, bos_token="<s>", eos_token="</s>",
         pad_token="<pad>", extra_special_tokens={"image_token": "[IMG]"},
@@ -68,8 +68,11 @@ class PixtralAdapter(Adapter):
         # The tower concatenates every image's patch grid into one sequence, row-major.
         return torch.arange(grid.n_cells)[:, None]
 
+    def tokenizer(self, *, real_ids: bool = False):
+        return pixtral_tokenizer(real_ids=real_ids)
+
     def tiny(self, seed: int) -> TinySpec:
-        tokenizer = pixtral_tokenizer()
+        tokenizer = self.tokenizer()
         config = LlavaConfig(
             text_config=dict(
                 model_type="mistral", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,

@@ -42,8 +42,11 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
                         sequence.append(r * grid.cols + c)
         return torch.argsort(torch.tensor(sequence))
 
+    def tokenizer(self, *, real_ids: bool = False):
+        return qwen_tokenizer(real_ids=real_ids)
+
     def tiny(self, seed: int) -> TinySpec:
-        tokenizer = qwen_tokenizer()
+        tokenizer = self.tokenizer()
         ids = tokenizer.convert_tokens_to_ids
         config = Qwen2_5_VLConfig(
             text_config=dict(

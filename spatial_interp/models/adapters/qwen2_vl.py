@@ -33,17 +33,22 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-]
+# Real ids of Qwen2-VL's special tokens.
+SPECIAL_TOKENS = {
+    "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653, "<|vision_pad|>": 151654, "<|image_pad|>": 151655, "<|video_pad|>": 151656,
+}
 
 
-def qwen_tokenizer(words=PROMPT_WORDS):
-    """Word-level tokenizer with Qwen's special tokens and chat format."""
+def qwen_tokenizer(words=PROMPT_WORDS, *, real_ids: bool = False):
+    """Word-level tokenizer with Qwen's special tokens and chat format.
+
+    ``real_ids`` places the special tokens at their real ids (a 151k vocabulary, for real-size
+    configs); otherwise they follow the words in a compact vocabulary.
+    """
     return build_word_tokenizer(
         words,
-        {tok: None for tok in SPECIAL_TOKENS},
+        SPECIAL_TOKENS if real_ids else dict.fromkeys(SPECIAL_TOKENS),
         chat_template=CHAT_TEMPLATE,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -87,8 +92,11 @@ class Qwen2VLAdapter(Adapter):
         order = self.merge_order(grid, processor, config)
         return order[:, None] * group + torch.arange(group)[None, :]
 
+    def tokenizer(self, *, real_ids: bool = False):
+        return qwen_tokenizer(real_ids=real_ids)
+
     def tiny(self, seed: int) -> TinySpec:
-        tokenizer = qwen_tokenizer()
+        tokenizer = self.tokenizer()
         ids = tokenizer.convert_tokens_to_ids
         config = Qwen2VLConfig(
             text_config=dict(

@@ -1,0 +1,1 @@
+"""Subcommands of the ``spatial-interp`` command line (one module each)."""
