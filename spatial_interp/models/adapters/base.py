@@ -65,10 +65,24 @@ class Adapter:
     def image_token_id(self, config: Any) -> int:
         return config.image_token_id
 
+    vision_out_field: ClassVar[str | None] = None
+    """Attribute of ``vision_out_module``'s output holding the spliced embeddings (``None``: the output
+    itself). Plain data, so code that must run remotely (inside an NDIF trace) can use it."""
+
     # --- streams --------------------------------------------------------------------------------
     def vision_out_tensor(self, output: Any) -> Tensor:
         """The spliced vision embeddings inside ``vision_out_module``'s output."""
-        return output
+        return output if self.vision_out_field is None else getattr(output, self.vision_out_field)
+
+    def encoder_outputs(self, features: Tensor, sizes: list[int]) -> dict[str, Any]:
+        """Precomputed vision embeddings in the form the model's ``mm_encoder_outputs`` argument takes.
+
+        ``features`` are ``(rows, d)`` ``vision_out`` rows over a batch, ``sizes`` the rows of each
+        image. Feeding them instead of ``pixel_values`` runs the LM without the vision tower.
+        """
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return {"image": BaseModelOutputWithPooling(pooler_output=tuple(torch.split(features, sizes)))}
 
     def flatten_vision(self, value: Tensor) -> Tensor:
         """A ``(rows, d)`` view of a vision activation (shares storage, so writes go through)."""

@@ -89,6 +89,12 @@ class Gemma3Adapter(Adapter):
         patches, _ = self._sides(config)
         return patches * patches
 
+    def encoder_outputs(self, features, sizes):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        # Gemma-3 takes one (images, tokens, d) tensor rather than a tuple of per-image rows.
+        return {"image": BaseModelOutputWithPooling(pooler_output=torch.stack(torch.split(features, sizes)))}
+
     def randomize_tiny(self, model: torch.nn.Module, generator: torch.Generator) -> None:
         # Gemma-3 initialises its input projection to zeros, which would make every image identical.
         weight = model.model.multi_modal_projector.mm_input_projection_weight

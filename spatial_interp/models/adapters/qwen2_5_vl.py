@@ -19,15 +19,13 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     canvas = "qwen2_5_vl"
     # The visual module's output has the window permutation undone: that is what is spliced.
     vision_out_module = "model.visual"
+    vision_out_field = "pooler_output"
 
     def n_vision_blocks(self, config: Any) -> int:
         return config.vision_config.depth
 
     def d_vision(self, config: Any) -> int:
         return config.vision_config.hidden_size
-
-    def vision_out_tensor(self, output: Any) -> Tensor:
-        return output.pooler_output
 
     def merge_order(self, grid: Grid, processor: Any, config: Any) -> Tensor:
         # Window attention tiles the merged grid into square windows (window_size pixels) and the
