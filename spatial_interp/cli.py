@@ -30,7 +30,8 @@ def common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("common options")
     group.add_argument("--model", default=DEFAULT_MODEL,
-                       help=f"hub id, local checkpoint folder, tiny-<arch> or organism-<arch> (default: {DEFAULT_MODEL})")
+                       help="hub id, local checkpoint folder, tiny-<arch> or organism-<arch> "
+                       f"(default: {DEFAULT_MODEL})")
     group.add_argument("--out", type=Path, default=None, help="output folder or file")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     group.add_argument("--device", default="cpu", help="torch device (default: cpu)")

@@ -71,6 +71,7 @@ def load(
             ``"tiny-<arch>"`` for an architecture-exact random tiny model built offline
             (``tiny-qwen2-vl``, ``tiny-qwen2.5-vl``, ``tiny-gemma3``, ``tiny-llava``, ``tiny-pixtral``);
             ``"organism-<arch>"`` for a trained model organism shipped in the package.
+        device: torch device; ``"meta"`` builds the structure without weights (no download of them).
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
         seed: initialisation seed of tiny models (same seed, same weights).
         revision: hub revision of a real checkpoint.
@@ -83,9 +84,11 @@ def load(
         folder = ORGANISM_DIR / name[len(ORGANISM_PREFIX):]
         if not (folder / "config.json").is_file():
             raise UnknownModelError(f"no shipped organism {name!r}; available: {', '.join(organism_names()) or 'none'}")
-        vlm = _load_pretrained(str(folder), torch_dtype, None, source="organism", name=name, **model_kwargs)
+        vlm = _load_pretrained(str(folder), torch_dtype, None, source="organism", name=name,
+                               meta=str(device) == "meta", **model_kwargs)
     else:
-        vlm = _load_pretrained(name, torch_dtype, revision, source="hub", name=name, **model_kwargs)
+        vlm = _load_pretrained(name, torch_dtype, revision, source="hub", name=name,
+                               meta=str(device) == "meta", **model_kwargs)
     vlm.model.to(device=device, dtype=torch_dtype)
     return vlm
 
@@ -107,7 +110,7 @@ def _load_tiny(name: str, seed: int) -> VLM:
 
 
 def _load_pretrained(path: str, dtype: torch.dtype, revision: str | None, *, source: str, name: str,
-                     **model_kwargs: Any) -> VLM:
+                     meta: bool = False, **model_kwargs: Any) -> VLM:
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     try:
@@ -118,8 +121,13 @@ def _load_pretrained(path: str, dtype: torch.dtype, revision: str | None, *, sou
             f"({error}). Offline, use one of {', '.join(tiny_names() + organism_names())}"
         ) from error
     adapter = adapter_for_config(config)
-    log.info("loading %s (%s) as %s", name, adapter.arch, dtype)
-    model = AutoModelForImageTextToText.from_pretrained(path, revision=revision, dtype=dtype, **model_kwargs)
+    if meta:
+        # Structure only: config and processor, no weights (for `info`, geometry and planning).
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config)
+    else:
+        log.info("loading %s (%s) as %s", name, adapter.arch, dtype)
+        model = AutoModelForImageTextToText.from_pretrained(path, revision=revision, dtype=dtype, **model_kwargs)
     processor = AutoProcessor.from_pretrained(path, revision=revision)
     model.requires_grad_(False)
     return VLM(model, processor, adapter, ModelInfo(name=name, revision=revision, source=source))

@@ -23,18 +23,19 @@ UNK_TOKEN = "<unk_word>"
 
 # Words of the paper's prompts, answers and chat scaffolding (spec §2.6, §3). Each appears lower-case
 # and Capitalised in the vocabulary so that the four answer variants are each one token.
-PROMPT_WORDS = """
-you are a an the helpful assistant respond in one token do not add any additional text
-color colour of square shape object to left right above below middle is which side on where located
-answer with word or using as reference point floor photo describe image this what
-red green blue black brown gray grey orange white yellow purple pink
-circle triangle star cross heart
-apple bell bomb hat key pot rose top tangerine
-chair table armchair mug cup bowl plate book laptop phone lemon banana cap bottle can dog lamp
-scarf pillow knife vase kettle sunglasses helmet painting spatula remote glass glasses plant
-refrigerator oven tv couch bird giraffe cow toilet sink mouse keyboard car bus person bench
-system user model
-""".split()
+PROMPT_WORDS = (
+    "you", "are", "a", "an", "the", "helpful", "assistant", "respond", "in", "one", "token", "do", "not", "add",
+    "any", "additional", "text", "color", "colour", "of", "square", "shape", "object", "to", "left", "right",
+    "above", "below", "middle", "is", "which", "side", "on", "where", "located", "answer", "with", "word", "or",
+    "using", "as", "reference", "point", "floor", "photo", "describe", "image", "this", "what", "red", "green",
+    "blue", "black", "brown", "gray", "grey", "orange", "white", "yellow", "purple", "pink", "circle",
+    "triangle", "star", "cross", "heart", "apple", "bell", "bomb", "hat", "key", "pot", "rose", "top",
+    "tangerine", "chair", "table", "armchair", "mug", "cup", "bowl", "plate", "book", "laptop", "phone",
+    "lemon", "banana", "cap", "bottle", "can", "dog", "lamp", "scarf", "pillow", "knife", "vase", "kettle",
+    "sunglasses", "helmet", "painting", "spatula", "remote", "glass", "glasses", "plant", "refrigerator",
+    "oven", "tv", "couch", "bird", "giraffe", "cow", "toilet", "sink", "mouse", "keyboard", "car", "bus",
+    "person", "bench", "system", "user", "model",
+)
 
 
 def build_word_tokenizer(

@@ -138,10 +138,8 @@ def _cases(layout: ImageLayout) -> list[tuple[tuple[int, int, int, int], bool]]:
     border = ((0, 2), (0, 1))
     out = []
     for rows, cols in (interior, border):
-        try:
+        with contextlib.suppress(ValueError):  # this size is resampled: no exact cell-aligned box
             out.append((aligned_box(layout, rows, cols), True))
-        except ValueError:
-            pass
     x0, y0, x1, y1 = layout.cell_box(g.rows - 3, 1)
     w, h = x1 - x0, y1 - y0
     # Edges well inside cells, so resampling kernels cannot reach a neighbouring cell.

@@ -215,10 +215,7 @@ class VLM:
         one the model uses, so in-place writes (``h[b, rows] = ...``) intervene.
         """
         envoy = self.envoy.get(self.module_path(site))
-        if self.reads_input(site):
-            value = envoy.input
-        else:
-            value = envoy.output
+        value = envoy.input if self.reads_input(site) else envoy.output
         if site.kind == "vision_out":
             value = self.adapter.vision_out_tensor(value)
         if site.is_vision:

@@ -1,0 +1,121 @@
+"""Loading: tiny models are architecture-exact, seeded and offline; real-size configs on meta; errors."""
+
+import pytest
+import torch
+from PIL import Image
+
+import spatial_interp as si
+from spatial_interp.models import UnknownModelError, UnsupportedArchitectureError
+from spatial_interp.models.adapters import adapter_for_config
+from spatial_interp.models.load import meta_vlm
+from spatial_interp.site import SiteError
+from tests._models import tiny_model
+
+EXPECTED_CLASSES = {
+    "tiny-qwen2-vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2VLImageProcessor"),
+    "tiny-qwen2.5-vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor"),
+    "tiny-gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor", "Gemma3ImageProcessor"),
+    "tiny-llava": ("LlavaForConditionalGeneration", "LlavaProcessor", "CLIPImageProcessor"),
+    "tiny-pixtral": ("LlavaForConditionalGeneration", "PixtralProcessor", "PixtralImageProcessor"),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_CLASSES))
+def test_tiny_models_use_the_real_classes(name):
+    vlm = tiny_model(name)
+    model_cls, proc_cls, image_cls = EXPECTED_CLASSES[name]
+    assert type(vlm.model).__name__ == model_cls
+    assert type(vlm.processor).__name__ == proc_cls
+    assert type(vlm.processor.image_processor).__name__ == image_cls
+    assert adapter_for_config(vlm.config).arch == vlm.arch
+
+
+def test_tiny_models_are_seeded():
+    a, b, c = si.load("tiny-gemma3", seed=3), si.load("tiny-gemma3", seed=3), si.load("tiny-gemma3", seed=4)
+    pa, pb, pc = (dict(m.model.named_parameters()) for m in (a, b, c))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    key = "model.language_model.embed_tokens.weight"
+    assert not torch.equal(pa[key], pc[key])
+    # Gemma-3 zero-initialises its image projection; the tiny model must not keep that.
+    assert pa["model.multi_modal_projector.mm_input_projection_weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "rendered"),
+    [
+        ("tiny-qwen2-vl", "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|>"
+                          "<|vision_end|>Q <|im_end|>\n<|im_start|>assistant\n"),
+        ("tiny-gemma3", "<bos><start_of_turn>user\nSYS\n\n<start_of_image>Q <end_of_turn>\n<start_of_turn>model\n"),
+        ("tiny-llava", "SYS USER: <image>\nQ  ASSISTANT:"),
+        ("tiny-pixtral", "<s>[INST]SYS\n\n[IMG]Q [/INST]"),
+    ],
+)
+def test_chat_templates_render_the_family_format(name, rendered):
+    vlm = tiny_model(name)
+    messages = [{"role": "system", "content": [{"type": "text", "text": "SYS"}]},
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q "}]}]
+    text = vlm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == rendered
+
+
+def test_answer_words_are_single_tokens():
+    tok = tiny_model("tiny-qwen2-vl").tokenizer
+    for word in ["red", "Red", " red", " Red", "apple", " Apple"]:
+        assert len(tok.encode(word, add_special_tokens=False)) == 1
+
+
+# Real flagship configs, written out in the adapters (values of the public config.json files).
+META = {
+    "qwen2_vl": (28, 3584, 32, 336, (12, 12), 1),
+    "qwen2_5_vl": (28, 3584, 32, 336, (12, 12), 1),
+    "gemma3": (34, 2560, 27, 896, (16, 16), 1),
+    "llava": (32, 4096, 24, 336, (24, 24), 1),
+    "pixtral": (40, 5120, 24, 240, (15, 15), 16),
+}
+
+
+@pytest.mark.parametrize("arch", list(META))
+def test_real_size_configs_on_meta(arch):
+    layers, width, blocks, size, grid, stride = META[arch]
+    vlm = meta_vlm(arch)
+    assert next(vlm.model.parameters()).device.type == "meta"
+    assert (vlm.n_lm_layers, vlm.d_model, vlm.n_vision_blocks) == (layers, width, blocks)
+    layout = vlm.prepare([Image.new("RGB", (size, size), "white")], ["hi"]).layouts[0]
+    assert (layout.grid.rows, layout.grid.cols) == grid
+    pos = layout.lm_positions
+    assert int(pos[grid[1]] - pos[grid[1] - 1]) == stride  # Pixtral: one [IMG_BREAK] per row
+    assert vlm.image_token_id == {"qwen2_vl": 151655, "qwen2_5_vl": 151655, "gemma3": 262144, "llava": 32000,
+                                  "pixtral": 10}[arch]
+
+
+def test_unknown_tiny_name_lists_the_choices():
+    with pytest.raises(UnknownModelError, match="tiny-qwen2-vl.*tiny-pixtral"):
+        si.load("tiny-mamba")
+
+
+def test_unsupported_architecture_names_the_supported_ones():
+    from transformers import LlamaConfig
+
+    with pytest.raises(UnsupportedArchitectureError, match="qwen2_vl, qwen2_5_vl, gemma3, llava, pixtral"):
+        adapter_for_config(LlamaConfig())
+
+
+def test_unreachable_checkpoint_says_what_to_use_offline(tmp_path):
+    with pytest.raises(UnknownModelError, match="tiny-"):
+        si.load(str(tmp_path / "no-such-model"))
+
+
+def test_site_out_of_range():
+    vlm = tiny_model("tiny-llava")
+    with pytest.raises(SiteError, match=r"lm_resid indices run 0..3"):
+        vlm.module_path(si.site.lm_resid(4))
+    with pytest.raises(SiteError, match="vision_block"):
+        vlm.module_path(si.site.vision_block(3))
+
+
+def test_prepare_rejects_bad_input():
+    vlm = tiny_model("tiny-qwen2-vl")
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        vlm.prepare([Image.new("RGB", (8, 8))] * 2, ["x"])
+    with pytest.raises(TypeError, match="PIL"):
+        vlm.prepare(["not an image"], ["x"])

@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from spatial_interp.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_info_json(capsys):
+    code, out = run(capsys, "info", "tiny-pixtral", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["grid"] == [15, 15] and info["position_row_stride"] == 16
+    assert info["n_lm_layers"] == 3 and info["lm_resid_slots"] == 4
+
+
+def test_geometry_box(capsys):
+    code, out = run(capsys, "geometry", "tiny-qwen2-vl", "--image-size", "336", "336", "--box", "28", "140", "84",
+                    "196", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["flat_ids"] == [61, 62, 73, 74]
+    assert info["rows"]["vision_out"] == [61, 62, 73, 74]
+    assert len(info["rows"]["vision_block.0"]) == 16
+
+
+def test_geometry_verify_passes(capsys):
+    code, out = run(capsys, "geometry", "--verify", "tiny-llava", "--image-size", "448", "336")
+    assert code == 0 and "PASS" in out
+
+
+def test_geometry_bad_box_is_a_clear_error():
+    with pytest.raises(SystemExit, match="outside the 336x336 image"):
+        main(["geometry", "tiny-qwen2-vl", "--box", "0", "0", "400", "10"])
+
+
+def test_config_file_fills_options(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: tiny-gemma3\njson: true\n")
+    code, out = run(capsys, "info", "--config", str(config))
+    assert json.loads(out)["arch"] == "gemma3"
