@@ -1,0 +1,261 @@
+"""The one place that runs an nnsight trace: a batch, a list of edits, a list of reads.
+
+Every primitive (collect, patch, sweep, steer, ablate) reduces its work to forwards of the form
+"at these sites, overwrite (or steer) these rows, read those rows, return the final-position logits",
+and hands them to :func:`run`.
+
+Remote safety: the trace body below touches only the nnsight envoy, tensors, plain Python data
+(strings, tuples, lists) and torch. Everything architecture- or package-specific (module paths,
+which output field holds the vision embeddings, row indices) is resolved into a plain ``plan``
+before the ``with`` block, so the same body runs locally, through nnsight's serialisation round
+trip (``remote="local"``), and on NDIF (``remote=True``).
+
+Example:
+    >>> import torch, spatial_interp as si
+    >>> from PIL import Image
+    >>> from spatial_interp.interventions.engine import Edit, Read, run
+    >>> vlm = si.load("tiny-qwen2-vl")
+    >>> batch = vlm.prepare([Image.new("RGB", (336, 336), "red")] * 2, ["The color is "] * 2)
+    >>> pos = batch.layouts[0].indices(None, si.site.lm_resid(1))
+    >>> rows = torch.zeros(len(pos), dtype=torch.long)
+    >>> out = run(vlm, batch, [Edit.set(si.site.lm_resid(1), rows, pos, torch.zeros(len(pos), vlm.d_model))],
+    ...           [Read(si.site.lm_resid(1), rows, pos)])
+    >>> float(out.reads[0].abs().max()), tuple(out.logits.shape)[0]
+    (0.0, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import nnsight
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..geometry import ImageLayout
+from ..models.vlm import VLM, Batch
+from ..site import Site
+
+EditKind = Literal["set", "steer"]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One in-place change to a site's activation during a forward.
+
+    For LM sites ``rows`` are batch rows and ``positions`` sequence positions (paired element-wise);
+    for vision sites ``rows`` is ``None`` and ``positions`` are rows of the flattened ``(rows, d)``
+    activation. Edits apply in ``phase`` order at a site (ablation 0, patch 1, steering 2), so an
+    ablation and a patch can share a forward and a site.
+    """
+
+    site: Site
+    rows: Int[Tensor, " n"] | None
+    positions: Int[Tensor, " n"]
+    kind: EditKind
+    values: Float[Tensor, "n d"] | None = None
+    directions: Float[Tensor, "k d"] | None = None
+    alphas: Float[Tensor, " n"] | None = None
+    phase: int = 1
+
+    @classmethod
+    def set(cls, site: Site, rows: Tensor | None, positions: Tensor, values: Tensor, phase: int = 1) -> Edit:
+        """Overwrite the rows with ``values`` (patching, ablation)."""
+        if values.shape[0] != positions.shape[0]:
+            raise ValueError(f"{positions.shape[0]} positions but {values.shape[0]} value rows")
+        return cls(site, rows, positions, "set", values=values, phase=phase)
+
+    @classmethod
+    def steer(cls, site: Site, rows: Tensor | None, positions: Tensor, directions: Tensor, alphas: Tensor,
+              phase: int = 2) -> Edit:
+        """``h += α · Σ_k (⟨h, w_k⟩ / (‖w_k‖² + 1e-8)) · w_k`` on the rows (§8.3)."""
+        if alphas.shape[0] != positions.shape[0]:
+            raise ValueError(f"{positions.shape[0]} positions but {alphas.shape[0]} alphas")
+        return cls(site, rows, positions, "steer", directions=directions, alphas=alphas, phase=phase)
+
+
+@dataclass(frozen=True)
+class Read:
+    """Rows of a site's activation to return (after that site's edits)."""
+
+    site: Site
+    rows: Int[Tensor, " n"] | None
+    positions: Int[Tensor, " n"]
+
+
+@dataclass
+class RunOutput:
+    logits: Float[Tensor, "batch vocab"]
+    """Final-position logits of every batch row."""
+    reads: list[Float[Tensor, "n d"]]
+    """One tensor per :class:`Read`, in the order given."""
+
+
+def forward_key(site: Site) -> tuple[int, int]:
+    """Where a site sits in the forward pass (nnsight needs modules accessed in this order)."""
+    rank = {"vision_block": 0, "vision_out": 1, "lm_resid": 2}[site.kind]
+    return rank, site.index or 0
+
+
+def site_rows(layout: ImageLayout, site: Site, region: Any) -> tuple[Tensor | None, Tensor]:
+    """``(rows, positions)`` index pair of ``region`` of one batch item at ``site`` (see :class:`Edit`)."""
+    positions = layout.indices(region, site)
+    if site.is_vision:
+        return None, positions
+    return torch.full_like(positions, layout.batch_index), positions
+
+
+def _cat(parts: Sequence[Tensor | None]) -> Tensor | None:
+    return None if parts[0] is None else torch.cat(list(parts))
+
+
+def _build_plan(vlm: VLM, edits: Sequence[Edit], reads: Sequence[Read]) -> tuple[list, list[tuple[int, int]]]:
+    """Group edits and reads by module access, in forward order, as plain tuples of tensors."""
+    device, dtype = vlm.device, vlm.dtype
+    steps: dict[tuple[int, int], dict] = {}
+    for edit in edits:
+        vlm.check_site(edit.site)
+        steps.setdefault(forward_key(edit.site), {"site": edit.site, "edits": [], "reads": []})["edits"].append(edit)
+    for i, read in enumerate(reads):
+        vlm.check_site(read.site)
+        steps.setdefault(forward_key(read.site), {"site": read.site, "edits": [], "reads": []})["reads"].append(
+            (i, read))
+
+    plan, read_slices = [], [(0, 0)] * len(reads)
+    for step_index, key in enumerate(sorted(steps)):
+        step = steps[key]
+        site: Site = step["site"]
+        # Merge edits of one phase and kind (and, for steering, one direction set) into a single indexed
+        # write: one Python-level operation per group keeps the greenlet overhead independent of batch size.
+        groups: dict[tuple, list[Edit]] = {}
+        for edit in step["edits"]:
+            group = (edit.phase, edit.kind, id(edit.directions) if edit.kind == "steer" else 0)
+            groups.setdefault(group, []).append(edit)
+        ops = []
+        for group in sorted(groups, key=lambda g: (g[0], g[1])):
+            members = groups[group]
+            rows = _cat([e.rows for e in members])
+            positions = torch.cat([e.positions for e in members]).to(device)
+            rows = None if rows is None else rows.to(device)
+            if group[1] == "set":
+                values = torch.cat([e.values for e in members]).to(device=device, dtype=dtype)
+                ops.append(("set", rows, positions, values, None, None))
+            else:
+                w = members[0].directions.to(device=device, dtype=dtype)
+                scaled = w / (w.pow(2).sum(-1, keepdim=True) + 1e-8)
+                alphas = torch.cat([e.alphas for e in members]).to(device=device, dtype=dtype)
+                ops.append(("steer", rows, positions, alphas, w, scaled))
+        read_rows = read_positions = None
+        if step["reads"]:
+            offset, parts_r, parts_p = 0, [], []
+            for i, read in step["reads"]:
+                n = int(read.positions.shape[0])
+                read_slices[i] = (step_index, offset, offset + n)
+                offset += n
+                parts_r.append(read.rows)
+                parts_p.append(read.positions)
+            read_rows = _cat(parts_r)
+            read_rows = None if read_rows is None else read_rows.to(device)
+            read_positions = torch.cat(parts_p).to(device)
+        field = vlm.adapter.vision_out_field if site.kind == "vision_out" else None
+        plan.append((vlm.module_path(site), vlm.reads_input(site), field, site.is_vision, ops,
+                     read_rows, read_positions))
+    return plan, read_slices
+
+
+def run(
+    vlm: VLM,
+    batch: Batch,
+    edits: Sequence[Edit] = (),
+    reads: Sequence[Read] = (),
+    *,
+    vision_features: Float[Tensor, "rows d"] | None = None,
+    remote: bool | str = False,
+) -> RunOutput:
+    """One forward over ``batch`` with ``edits`` applied and ``reads`` returned.
+
+    Args:
+        vision_features: ``vision_out`` rows for the whole batch (in batch order). When given, the
+            vision tower is not run: these embeddings are spliced in directly, so every edit and read
+            must be at an LM site.
+        remote: ``False`` (local), ``True`` (NDIF) or ``"local"`` (nnsight's serialisation round trip).
+    """
+    if vision_features is not None:
+        vision = [x.site for x in [*edits, *reads] if x.site.is_vision]
+        if vision:
+            raise ValueError(f"cannot edit or read {vision[0]} when vision features are fed in (the vision "
+                             "tower does not run); pass vision_features=None")
+    plan, read_slices = _build_plan(vlm, edits, reads)
+    inputs = dict(batch.inputs)
+    if vision_features is not None:
+        inputs.pop("pixel_values", None)
+        sizes = [layout.grid.n_cells for layout in batch.layouts]
+        inputs["mm_encoder_outputs"] = vlm.adapter.encoder_outputs(
+            vision_features.to(device=vlm.device, dtype=vlm.dtype), sizes)
+
+    envoy = vlm.envoy
+    with torch.no_grad(), envoy.trace(**inputs, remote=remote):
+        # Remote-safe body: only envoy, tensors, plain data and torch from here on.
+        gathered = []
+        for path, from_input, field, flat, ops, read_rows, read_positions in plan:
+            module = envoy.get(path)
+            value = module.input if from_input else module.output
+            if field is not None:
+                value = getattr(value, field)
+            for kind, rows, positions, values, w, scaled in ops:
+                # Vision rows are flat over all leading dims; unravel them instead of reshaping, since a
+                # reshape of a non-contiguous output would copy and the write would not reach the model.
+                index = torch.unravel_index(positions, value.shape[:-1]) if flat else (rows, positions)
+                if kind == "set":
+                    value[index] = values
+                else:
+                    h = value[index]
+                    value[index] = h + values[:, None] * ((h @ scaled.T) @ w)
+            if read_positions is not None:
+                index = torch.unravel_index(read_positions, value.shape[:-1]) if flat else (read_rows, read_positions)
+                gathered.append(value[index])
+            else:
+                gathered.append(None)
+        logits = envoy.output.logits[:, -1]
+        nnsight.save(gathered)
+        nnsight.save(logits)
+
+    out = [gathered[step][start:stop] for step, start, stop in read_slices]
+    return RunOutput(logits=logits, reads=out)
+
+
+def repeat_batch(vlm: VLM, batch: Batch, k: int) -> Batch:
+    """``batch`` stacked ``k`` times along the batch axis (replica ``r`` holds rows ``r·n … r·n+n-1``).
+
+    Every input tensor lists items (or, for Qwen's ``pixel_values``, their patches) in batch order,
+    so concatenating it ``k`` times is the batch of ``k`` copies; layouts are shifted to match.
+    """
+    if k == 1:
+        return batch
+    inputs = {name: torch.cat([value] * k) for name, value in batch.inputs.items()}
+    n = len(batch)
+    out_rows = sum(layout.grid.n_cells for layout in batch.layouts)
+    block_rows = sum(vlm.adapter.vision_block_rows_per_image(layout.grid, vlm.processor, vlm.config)
+                     for layout in batch.layouts)
+    layouts = [
+        dataclasses.replace(
+            layout,
+            batch_index=layout.batch_index + r * n,
+            vision_out_rows=layout.vision_out_rows + r * out_rows,
+            vision_block_rows=layout.vision_block_rows + r * block_rows,
+        )
+        for r in range(k)
+        for layout in batch.layouts
+    ]
+    return Batch(inputs=inputs, layouts=layouts, texts=list(batch.texts) * k)
+
+
+def vision_feature_reads(layouts: Sequence[ImageLayout]) -> list[Read]:
+    """One read of every ``vision_out`` row of these items, in order (to feed back with ``vision_features``)."""
+    from ..site import vision_out
+
+    return [Read(vision_out, None, torch.cat([layout.vision_out_rows for layout in layouts]))]

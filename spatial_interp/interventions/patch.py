@@ -1,0 +1,256 @@
+"""Interchange interventions: activations of a source run written into a clean run.
+
+``pairing="same"`` copies cell i of the source into cell i of the clean run; ``pairing="swap"``
+trades two regions (§6 criss-cross): clean[A_i] ← source[B_i] and clean[B_i] ← source[A_i].
+Works at any vision block, ``vision_out`` or ``lm_resid(s)`` (and ``.last_token``, §5).
+
+How a chunk of pairs runs (shared with :func:`~.sweep.sweep`):
+
+1. one forward over the distinct images of the chunk (clean and source, each once) reads every
+   source row any intervention needs, the clean ``vision_out`` rows, and both baselines;
+2. forwards of the clean batch stacked ``k`` times along the batch axis, replica ``r`` carrying
+   intervention ``r`` (its own site and region), so ``k`` interventions share one forward. When all
+   of them are at LM sites, the clean vision embeddings from step 1 are spliced in directly and the
+   vision tower does not run again.
+
+Example:
+    >>> import spatial_interp as si
+    >>> from PIL import Image
+    >>> from spatial_interp.geometry import Grid, Region
+    >>> from spatial_interp.interventions import Example, PatchPair, patch
+    >>> vlm = si.load("tiny-qwen2-vl")
+    >>> pair = PatchPair(Example(Image.new("RGB", (336, 336), "red"), "The color of the square is "),
+    ...                  Example(Image.new("RGB", (336, 336), "blue"), "The color of the square is "),
+    ...                  answers=("red", "blue"))
+    >>> result = patch(vlm, [pair], si.site.lm_resid(1), Region.columns(Grid(12, 12), 0, 4))
+    >>> result.axes, result.coords["metric"]
+    (('pair', 'metric'), ['c0', 'c1'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..geometry import GeometryError, ImageLayout, Region
+from ..models.vlm import DEFAULT_SYSTEM, VLM
+from ..results import LabelledArray, provenance
+from ..site import Site
+from .ablate import Ablation
+from .engine import Edit, Read, repeat_batch, run, vision_feature_reads
+from .examples import Example, PatchPair, RegionSpec, Swap, as_pair, resolve_region
+from .metrics import Metric, default_metric, evaluate, raw_logits
+
+Pairing = Literal["same", "swap"]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """One (site, region) patch applied to every pair; ``name`` labels the region in results."""
+
+    site: Site
+    region: RegionSpec = None
+    name: str = "all"
+
+
+@dataclass
+class ChunkResult:
+    patched: Float[Tensor, "interventions pairs m"]
+    clean: Float[Tensor, "pairs m"]
+    source: Float[Tensor, "pairs m"]
+    names: list[str]
+
+
+def check_pairing(pairing: str) -> None:
+    if pairing not in ("same", "swap"):
+        raise ValueError(f"pairing must be 'same' (cell i ← cell i) or 'swap' (region A ↔ region B), got {pairing!r}")
+
+
+def patch_indices(site: Site, region: Region | Swap, pairing: Pairing, target: ImageLayout,
+                  source: ImageLayout) -> tuple[Tensor, Tensor]:
+    """Target positions/rows in the clean run and the source positions/rows they take, aligned."""
+    if site.only_last_token:
+        return target.indices(None, site), source.indices(None, site)
+    if pairing == "same":
+        if isinstance(region, Swap):
+            raise ValueError("a Swap region needs pairing='swap'")
+        t, s = target.indices(region, site), source.indices(region, site)
+    else:
+        if not isinstance(region, Swap):
+            raise ValueError("pairing='swap' needs a Swap(a, b) (or an (A, B) tuple) as the region")
+        t = torch.cat([target.indices(region.a, site), target.indices(region.b, site)])
+        s = torch.cat([source.indices(region.b, site), source.indices(region.a, site)])
+    if t.shape != s.shape:
+        raise GeometryError(f"clean and source images give {t.numel()} vs {s.numel()} rows at {site}: "
+                            "they must have the same grid (same image size) to be patched cell by cell")
+    return t, s
+
+
+def _unique(examples: Sequence[Example]) -> tuple[list[Example], list[int]]:
+    """Distinct examples (by content) and, for each input, its index among them."""
+    index: dict[str, int] = {}
+    unique, where = [], []
+    for example in examples:
+        if example.key not in index:
+            index[example.key] = len(unique)
+            unique.append(example)
+        where.append(index[example.key])
+    return unique, where
+
+
+def run_chunk(
+    vlm: VLM,
+    pairs: Sequence[PatchPair],
+    interventions: Sequence[Intervention],
+    pairing: Pairing,
+    metric: Metric,
+    *,
+    per_forward: int,
+    ablation: Ablation | None = None,
+    system: Any = DEFAULT_SYSTEM,
+    remote: bool | str = False,
+    feed_vision: bool = True,
+) -> ChunkResult:
+    """All ``interventions`` on all ``pairs`` (see the module docstring for the forwards it makes)."""
+    check_pairing(pairing)
+    for iv in interventions:
+        vlm.check_site(iv.site)
+    n = len(pairs)
+    examples, where = _unique([p.clean for p in pairs] + [p.source for p in pairs])
+    clean_at, source_at = where[:n], where[n:]
+    batch_a = vlm.prepare([e.image for e in examples], [e.prompt for e in examples], system=system)
+
+    ablation_values = None
+    if ablation is not None:
+        ablation_values = ablation.compute(vlm, examples, batch_a.layouts, system=system, remote=remote,
+                                           batch_size=max(len(examples), 1))
+
+    # Regions are resolved once per (intervention, pair) on the clean image's grid.
+    regions = [[resolve_region(iv.region, pair, batch_a.layouts[clean_at[j]]) for j, pair in enumerate(pairs)]
+               for iv in interventions]
+
+    # --- step 1: every distinct image once; read source rows, clean vision rows, baselines.
+    reads: list[Read] = []
+    for i, iv in enumerate(interventions):
+        for j in range(n):
+            src = batch_a.layouts[source_at[j]]
+            _, s = patch_indices(iv.site, regions[i][j], pairing, batch_a.layouts[clean_at[j]], src)
+            reads.append(Read(iv.site, None if iv.site.is_vision else torch.full_like(s, src.batch_index), s))
+    lm_only = all(not iv.site.is_vision for iv in interventions) and (ablation is None or not ablation.site.is_vision)
+    feed = feed_vision and lm_only
+    clean_layouts_a = [batch_a.layouts[k] for k in clean_at]
+    if feed:
+        reads += vision_feature_reads(clean_layouts_a)
+    edits_a = ablation.edits(ablation_values, batch_a.layouts) if ablation is not None else []
+    out_a = run(vlm, batch_a, edits_a, reads, remote=remote)
+    clean_values, names = evaluate(metric, out_a.logits[torch.tensor(clean_at)], pairs)
+    source_values, _ = evaluate(metric, out_a.logits[torch.tensor(source_at)], pairs)
+    source_rows = out_a.reads[: len(interventions) * n]
+    features = out_a.reads[-1] if feed else None
+
+    # --- step 2: clean batch × k replicas, one intervention per replica.
+    batch_b = vlm.prepare([p.clean.image for p in pairs], [p.clean.prompt for p in pairs], system=system)
+    ablation_b = None
+    if ablation is not None:
+        ablation_b = [ablation_values[k] for k in clean_at]
+    # Vision interventions cannot use fed-in embeddings, so they form their own forwards.
+    groups = [[i for i, iv in enumerate(interventions) if iv.site.is_vision == vision] for vision in (False, True)]
+    patched: list[Tensor | None] = [None] * len(interventions)
+    for group in groups:
+        for start in range(0, len(group), per_forward):
+            chosen = group[start:start + per_forward]
+            k = len(chosen)
+            batch = repeat_batch(vlm, batch_b, k)
+            edits: list[Edit] = []
+            if ablation is not None:
+                edits += ablation.edits(ablation_b * k, batch.layouts)
+            for r, i in enumerate(chosen):
+                iv = interventions[i]
+                for j in range(n):
+                    target = batch.layouts[r * n + j]
+                    t, _ = patch_indices(iv.site, regions[i][j], pairing, target, batch_a.layouts[source_at[j]])
+                    rows = None if iv.site.is_vision else torch.full_like(t, target.batch_index)
+                    edits.append(Edit.set(iv.site, rows, t, source_rows[i * n + j]))
+            fed = features is not None and not interventions[chosen[0]].site.is_vision
+            vision = torch.cat([features] * k) if fed else None
+            out = run(vlm, batch, edits, vision_features=vision, remote=remote)
+            for r, i in enumerate(chosen):
+                patched[i], _ = evaluate(metric, out.logits[r * n:(r + 1) * n], pairs)
+    return ChunkResult(torch.stack(patched), clean_values, source_values, names)
+
+
+def patch(
+    vlm: VLM,
+    pairs: Sequence[Any],
+    site: Site,
+    region: RegionSpec = None,
+    pairing: Pairing = "same",
+    metric: Metric | None = None,
+    *,
+    batch_size: int = 16,
+    ablation: Ablation | None = None,
+    system: Any = DEFAULT_SYSTEM,
+    remote: bool | str = False,
+) -> LabelledArray:
+    """Patch ``site`` × ``region`` from each pair's source run into its clean run.
+
+    Args:
+        pairs: :class:`PatchPair` objects (or ``data`` pairs / ``(clean, source)`` tuples).
+        site: where to patch; ``lm_resid(s).last_token`` patches the final position (§5).
+        region: a Region (``pairing="same"``), a :class:`Swap` or ``(A, B)`` (``pairing="swap"``), a
+            function ``(pair, layout) -> Region | Swap``, or ``None`` for every cell.
+        metric: callback on final-position logits (default: the 4-variant answer probabilities).
+        batch_size: pairs per forward.
+        ablation: ablate both runs first (§7.2), at ``ablation.site``.
+        remote: ``False``, ``True`` (NDIF) or ``"local"`` (nnsight's serialisation round trip).
+
+    Returns:
+        ``(pair, metric)`` array; ``extras["clean"]`` and ``extras["source"]`` hold the unpatched runs.
+    """
+    pairs = [as_pair(p) for p in pairs]
+    if not pairs:
+        raise ValueError("patch() needs at least one pair")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    metric = metric if metric is not None else default_metric(vlm, pairs)
+    chunks = [run_chunk(vlm, pairs[s:s + batch_size], [Intervention(site, region)], pairing, metric,
+                        per_forward=1, ablation=ablation, system=system, remote=remote)
+              for s in range(0, len(pairs), batch_size)]
+    names = chunks[0].names
+    coords = {"pair": [p.name for p in pairs], "metric": names}
+    config = {"primitive": "patch", "site": str(site), "pairing": pairing, "batch_size": batch_size,
+              "ablation": ablation is not None}
+    result = LabelledArray(torch.cat([c.patched[0] for c in chunks]).numpy(), ("pair", "metric"), coords,
+                           attrs={"site": str(site), "pairing": pairing}, provenance=provenance(vlm, config=config))
+    result.extras["clean"] = LabelledArray(torch.cat([c.clean for c in chunks]).numpy(), ("pair", "metric"), coords)
+    result.extras["source"] = LabelledArray(torch.cat([c.source for c in chunks]).numpy(), ("pair", "metric"),
+                                            coords)
+    return result
+
+
+def patch_logits(
+    vlm: VLM,
+    pairs: Sequence[Any],
+    site: Site,
+    region: RegionSpec = None,
+    pairing: Pairing = "same",
+    *,
+    batch_size: int = 16,
+    ablation: Ablation | None = None,
+    system: Any = DEFAULT_SYSTEM,
+    remote: bool | str = False,
+) -> Float[Tensor, "pair vocab"]:
+    """Final-position logits of each patched clean run (same arguments as :func:`patch`)."""
+    pairs = [as_pair(p) for p in pairs]
+    if not pairs:
+        raise ValueError("patch_logits() needs at least one pair")
+    return torch.cat([
+        run_chunk(vlm, pairs[s:s + batch_size], [Intervention(site, region)], pairing, raw_logits(),
+                  per_forward=1, ablation=ablation, system=system, remote=remote).patched[0]
+        for s in range(0, len(pairs), batch_size)
+    ])
