@@ -51,11 +51,15 @@ Pairing = Literal["same", "swap"]
 
 @dataclass(frozen=True)
 class Intervention:
-    """One (site, region) patch applied to every pair; ``name`` labels the region in results."""
+    """One (site, region, pairing) patch applied to every pair; ``name`` labels the region in results."""
 
     site: Site
     region: RegionSpec = None
     name: str = "all"
+    pairing: Pairing = "same"
+
+    def __post_init__(self) -> None:
+        check_pairing(self.pairing)
 
 
 @dataclass
@@ -103,85 +107,111 @@ def _unique(examples: Sequence[Example]) -> tuple[list[Example], list[int]]:
     return unique, where
 
 
-def run_chunk(
-    vlm: VLM,
-    pairs: Sequence[PatchPair],
-    interventions: Sequence[Intervention],
-    pairing: Pairing,
-    metric: Metric,
-    *,
-    per_forward: int,
-    ablation: Ablation | None = None,
-    system: Any = DEFAULT_SYSTEM,
-    remote: bool | str = False,
-    feed_vision: bool = True,
-) -> ChunkResult:
-    """All ``interventions`` on all ``pairs`` (see the module docstring for the forwards it makes)."""
-    check_pairing(pairing)
-    for iv in interventions:
-        vlm.check_site(iv.site)
-    n = len(pairs)
-    examples, where = _unique([p.clean for p in pairs] + [p.source for p in pairs])
-    clean_at, source_at = where[:n], where[n:]
-    batch_a = vlm.prepare([e.image for e in examples], [e.prompt for e in examples], system=system)
+class PreparedChunk:
+    """A chunk of pairs after step 1 (see the module docstring); :meth:`run` does step 2.
 
-    ablation_values = None
-    if ablation is not None:
-        ablation_values = ablation.compute(vlm, examples, batch_a.layouts, system=system, remote=remote,
-                                           batch_size=max(len(examples), 1))
+    Holds the source rows every intervention needs and, for LM-only work, the clean vision
+    embeddings, so any subset of the interventions can run later (a sweep resumes this way).
+    """
 
-    # Regions are resolved once per (intervention, pair) on the clean image's grid.
-    regions = [[resolve_region(iv.region, pair, batch_a.layouts[clean_at[j]]) for j, pair in enumerate(pairs)]
-               for iv in interventions]
+    def __init__(
+        self,
+        vlm: VLM,
+        pairs: Sequence[PatchPair],
+        interventions: Sequence[Intervention],
+        metric: Metric,
+        *,
+        ablation: Ablation | None = None,
+        system: Any = DEFAULT_SYSTEM,
+        remote: bool | str = False,
+        feed_vision: bool = True,
+    ) -> None:
+        for iv in interventions:
+            vlm.check_site(iv.site)
+        self.vlm, self.pairs, self.interventions = vlm, list(pairs), list(interventions)
+        self.metric, self.ablation = metric, ablation
+        self.system, self.remote = system, remote
+        n = len(pairs)
+        examples, where = _unique([p.clean for p in pairs] + [p.source for p in pairs])
+        clean_at, self.source_at = where[:n], where[n:]
+        batch_a = vlm.prepare([e.image for e in examples], [e.prompt for e in examples], system=system)
+        self.source_layouts = [batch_a.layouts[k] for k in self.source_at]
 
-    # --- step 1: every distinct image once; read source rows, clean vision rows, baselines.
-    reads: list[Read] = []
-    for i, iv in enumerate(interventions):
-        for j in range(n):
-            src = batch_a.layouts[source_at[j]]
-            _, s = patch_indices(iv.site, regions[i][j], pairing, batch_a.layouts[clean_at[j]], src)
-            reads.append(Read(iv.site, None if iv.site.is_vision else torch.full_like(s, src.batch_index), s))
-    lm_only = all(not iv.site.is_vision for iv in interventions) and (ablation is None or not ablation.site.is_vision)
-    feed = feed_vision and lm_only
-    clean_layouts_a = [batch_a.layouts[k] for k in clean_at]
-    if feed:
-        reads += vision_feature_reads(clean_layouts_a)
-    edits_a = ablation.edits(ablation_values, batch_a.layouts) if ablation is not None else []
-    out_a = run(vlm, batch_a, edits_a, reads, remote=remote)
-    clean_values, names = evaluate(metric, out_a.logits[torch.tensor(clean_at)], pairs)
-    source_values, _ = evaluate(metric, out_a.logits[torch.tensor(source_at)], pairs)
-    source_rows = out_a.reads[: len(interventions) * n]
-    features = out_a.reads[-1] if feed else None
+        ablation_values = None
+        if ablation is not None:
+            ablation_values = ablation.compute(vlm, examples, batch_a.layouts, system=system, remote=remote,
+                                               batch_size=max(len(examples), 1))
+            self.clean_ablation = [ablation_values[k] for k in clean_at]
 
-    # --- step 2: clean batch × k replicas, one intervention per replica.
-    batch_b = vlm.prepare([p.clean.image for p in pairs], [p.clean.prompt for p in pairs], system=system)
-    ablation_b = None
-    if ablation is not None:
-        ablation_b = [ablation_values[k] for k in clean_at]
-    # Vision interventions cannot use fed-in embeddings, so they form their own forwards.
-    groups = [[i for i, iv in enumerate(interventions) if iv.site.is_vision == vision] for vision in (False, True)]
+        # Regions are resolved once per (intervention, pair), on the clean image's grid.
+        self.regions = [[resolve_region(iv.region, pair, batch_a.layouts[clean_at[j]])
+                         for j, pair in enumerate(pairs)] for iv in interventions]
+
+        reads: list[Read] = []
+        for i, iv in enumerate(interventions):
+            for j in range(n):
+                src = self.source_layouts[j]
+                _, s = patch_indices(iv.site, self.regions[i][j], iv.pairing, batch_a.layouts[clean_at[j]], src)
+                reads.append(Read(iv.site, None if iv.site.is_vision else torch.full_like(s, src.batch_index), s))
+        lm_only = all(not iv.site.is_vision for iv in interventions)
+        self.feed = feed_vision and lm_only and (ablation is None or not ablation.site.is_vision)
+        if self.feed:
+            reads += vision_feature_reads([batch_a.layouts[k] for k in clean_at])
+        edits_a = ablation.edits(ablation_values, batch_a.layouts) if ablation is not None else []
+        out_a = run(vlm, batch_a, edits_a, reads, remote=remote)
+        self.clean, self.names = evaluate(metric, out_a.logits[torch.tensor(clean_at)], pairs)
+        self.source, _ = evaluate(metric, out_a.logits[torch.tensor(self.source_at)], pairs)
+        self.source_rows = out_a.reads[: len(interventions) * n]
+        self.features = out_a.reads[-1] if self.feed else None
+        self.batch = vlm.prepare([p.clean.image for p in pairs], [p.clean.prompt for p in pairs], system=system)
+
+    def forwards(self, per_forward: int) -> list[list[int]]:
+        return group_forwards(self.interventions, per_forward)
+
+    def run(self, chosen: Sequence[int]) -> Float[Tensor, "k pairs m"]:
+        """One forward: the clean batch stacked ``len(chosen)`` times, replica ``r`` patched by
+        intervention ``chosen[r]``. Returns the metric per replica and pair."""
+        vlm, n, k = self.vlm, len(self.pairs), len(chosen)
+        vision = {self.interventions[i].site.is_vision for i in chosen}
+        if len(vision) != 1:
+            raise ValueError("vision and LM interventions cannot share a forward; group them with forwards()")
+        batch = repeat_batch(vlm, self.batch, k)
+        edits: list[Edit] = []
+        if self.ablation is not None:
+            edits += self.ablation.edits(self.clean_ablation * k, batch.layouts)
+        for r, i in enumerate(chosen):
+            site, pairing = self.interventions[i].site, self.interventions[i].pairing
+            for j in range(n):
+                target = batch.layouts[r * n + j]
+                t, _ = patch_indices(site, self.regions[i][j], pairing, target, self.source_layouts[j])
+                rows = None if site.is_vision else torch.full_like(t, target.batch_index)
+                edits.append(Edit.set(site, rows, t, self.source_rows[i * n + j]))
+        fed = self.features is not None and not vision.pop()
+        out = run(vlm, batch, edits, vision_features=torch.cat([self.features] * k) if fed else None,
+                  remote=self.remote)
+        return torch.stack([evaluate(self.metric, out.logits[r * n:(r + 1) * n], self.pairs)[0]
+                            for r in range(k)])
+
+
+def group_forwards(interventions: Sequence[Intervention], per_forward: int) -> list[list[int]]:
+    """Intervention indices grouped into forwards of at most ``per_forward``, in order; vision and LM
+    interventions never share a forward (LM ones run on cached vision embeddings)."""
+    groups = []
+    for vision in (False, True):
+        members = [i for i, iv in enumerate(interventions) if iv.site.is_vision == vision]
+        groups += [members[s:s + per_forward] for s in range(0, len(members), per_forward)]
+    return groups
+
+
+def run_chunk(vlm: VLM, pairs: Sequence[PatchPair], interventions: Sequence[Intervention], metric: Metric, *,
+              per_forward: int, **options: Any) -> ChunkResult:
+    """Every intervention on every pair of one chunk (step 1 once, then step-2 forwards)."""
+    chunk = PreparedChunk(vlm, pairs, interventions, metric, **options)
     patched: list[Tensor | None] = [None] * len(interventions)
-    for group in groups:
-        for start in range(0, len(group), per_forward):
-            chosen = group[start:start + per_forward]
-            k = len(chosen)
-            batch = repeat_batch(vlm, batch_b, k)
-            edits: list[Edit] = []
-            if ablation is not None:
-                edits += ablation.edits(ablation_b * k, batch.layouts)
-            for r, i in enumerate(chosen):
-                iv = interventions[i]
-                for j in range(n):
-                    target = batch.layouts[r * n + j]
-                    t, _ = patch_indices(iv.site, regions[i][j], pairing, target, batch_a.layouts[source_at[j]])
-                    rows = None if iv.site.is_vision else torch.full_like(t, target.batch_index)
-                    edits.append(Edit.set(iv.site, rows, t, source_rows[i * n + j]))
-            fed = features is not None and not interventions[chosen[0]].site.is_vision
-            vision = torch.cat([features] * k) if fed else None
-            out = run(vlm, batch, edits, vision_features=vision, remote=remote)
-            for r, i in enumerate(chosen):
-                patched[i], _ = evaluate(metric, out.logits[r * n:(r + 1) * n], pairs)
-    return ChunkResult(torch.stack(patched), clean_values, source_values, names)
+    for chosen in chunk.forwards(per_forward):
+        for i, values in zip(chosen, chunk.run(chosen), strict=True):
+            patched[i] = values
+    return ChunkResult(torch.stack(patched), chunk.clean, chunk.source, chunk.names)
 
 
 def patch(
@@ -218,7 +248,8 @@ def patch(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     metric = metric if metric is not None else default_metric(vlm, pairs)
-    chunks = [run_chunk(vlm, pairs[s:s + batch_size], [Intervention(site, region)], pairing, metric,
+    check_pairing(pairing)
+    chunks = [run_chunk(vlm, pairs[s:s + batch_size], [Intervention(site, region, pairing=pairing)], metric,
                         per_forward=1, ablation=ablation, system=system, remote=remote)
               for s in range(0, len(pairs), batch_size)]
     names = chunks[0].names
@@ -250,7 +281,7 @@ def patch_logits(
     if not pairs:
         raise ValueError("patch_logits() needs at least one pair")
     return torch.cat([
-        run_chunk(vlm, pairs[s:s + batch_size], [Intervention(site, region)], pairing, raw_logits(),
+        run_chunk(vlm, pairs[s:s + batch_size], [Intervention(site, region, pairing=pairing)], raw_logits(),
                   per_forward=1, ablation=ablation, system=system, remote=remote).patched[0]
         for s in range(0, len(pairs), batch_size)
     ])
