@@ -107,3 +107,23 @@ def steered(vlm, image, prompt, site, region, directions, alpha):
 @torch.no_grad()
 def plain(vlm, image, prompt):
     return vlm.model(**single(vlm, image, prompt).inputs).logits[0, -1]
+
+
+@torch.no_grad()
+def capture_with_writes(vlm, image, prompt, writes, site, region):
+    """Rows of ``region`` at ``site`` after ``writes`` (hooks registered first run first)."""
+    batch = single(vlm, image, prompt)
+    layout = batch.layouts[0]
+    out = {}
+    with contextlib.ExitStack() as stack:
+        for w_site, w_region, values in writes:
+            positions = layout.indices(w_region, w_site)
+
+            def write(t, positions=positions, values=values):
+                t[0, positions] = values
+
+            stack.enter_context(hooked(vlm, w_site, write))
+        positions = layout.indices(region, site)
+        stack.enter_context(hooked(vlm, site, lambda t: out.__setitem__("rows", t[0, positions].clone())))
+        vlm.model(**batch.inputs)
+    return out["rows"]

@@ -1,0 +1,90 @@
+"""ablate: equals raw-hook substitution (full grid and capped); ablation then patch in one forward."""
+
+from __future__ import annotations
+
+import torch
+
+import spatial_interp as si
+from spatial_interp.geometry import Region
+from spatial_interp.interventions.ablate import Ablation, ablate, ablated_logits, ordering_references
+from spatial_interp.interventions.examples import Example, PatchPair, Swap
+from spatial_interp.interventions.patch import patch_logits
+from tests._models import tiny_model
+from tests.interventions import reference as ref
+from tests.interventions.conftest import PROMPT, noise
+
+SITE = si.site.lm_resid(0)
+
+
+def _ordering(vlm, cap=None):
+    size = vlm.adapter.native_size
+    empty = noise(size, 500)
+    isolated = {k: noise(size, 510 + k) for k in range(3)}
+
+    def references(example, layout):
+        g = layout.grid
+        slots = [Region.rect(g, (2, 4), (c, c + 2)) for c in (0, g.cols // 2 - 1, g.cols - 2)]
+        middle = slots[1]
+        return ordering_references(slots, [isolated[k] for k in range(3)], empty, middle, example.prompt, cap=cap)
+
+    return Ablation(references), references
+
+
+def _reference_writes(vlm, references, example):
+    layout = ref.single(vlm, example.image, example.prompt).layouts[0]
+    writes = []
+    for r in references(example, layout):
+        source = r.source if r.source is not None else r.target
+        writes.append((SITE, r.target, ref.capture(vlm, r.example.image, r.example.prompt, SITE, source)))
+    return writes
+
+
+def test_ablate_matches_raw_hooks(tiny_vlm, chat):
+    vlm = chat(tiny_vlm)
+    items = [Example(noise(vlm.adapter.native_size, 520 + i), PROMPT) for i in range(2)]
+    for cap in (None, 10):
+        ablation, references = _ordering(vlm, cap)
+        got = ablated_logits(vlm, items, ablation)
+        for j, item in enumerate(items):
+            want = ref.run_with_writes(vlm, item.image, PROMPT, _reference_writes(vlm, references, item))
+            torch.testing.assert_close(got[j], want, atol=1e-5, rtol=0, msg=f"{vlm.arch} cap={cap}")
+
+
+def test_capped_background_only_touches_low_flat_ids():
+    grid = si.Grid(16, 16)
+    empty = noise((64, 64), 0)
+    slots = [Region.rect(grid, (6, 9), (c, c + 3)) for c in (0, 6, 12)]
+    refs = ordering_references(slots, [empty] * 3, empty, slots[1], "p", cap=144)
+    background = refs[-1].target
+    assert max(background.flat.tolist()) < 144
+    full = ordering_references(slots, [empty] * 3, empty, slots[1], "p")[-1].target
+    assert len(full) == 256 - 27 and len(background) < len(full)
+
+
+def test_ablation_then_patch_in_one_forward(chat):
+    vlm = chat(tiny_model("tiny-qwen2-vl"))
+    size = vlm.adapter.native_size
+    pair = PatchPair(Example(noise(size, 530), PROMPT), Example(noise(size, 531), PROMPT))
+    ablation, references = _ordering(vlm)
+    grid = vlm.prepare([pair.clean.image], [PROMPT]).layouts[0].grid
+    swap = Swap(Region.rect(grid, (2, 4), (0, 2)), Region.rect(grid, (2, 4), (grid.cols - 2, grid.cols)))
+    for site in (si.site.lm_resid(0), si.site.lm_resid(2)):
+        got = patch_logits(vlm, [pair], site, swap, "swap", ablation=ablation)
+        cf_writes = _reference_writes(vlm, references, pair.source)
+        src = torch.cat([ref.capture_with_writes(vlm, pair.source.image, PROMPT, cf_writes, site, swap.b),
+                         ref.capture_with_writes(vlm, pair.source.image, PROMPT, cf_writes, site, swap.a)])
+
+        def target(layout, site=site):
+            return torch.cat([layout.indices(swap.a, site), layout.indices(swap.b, site)])
+
+        writes = _reference_writes(vlm, references, pair.clean) + [(site, target, src)]
+        want = ref.run_with_writes(vlm, pair.clean.image, PROMPT, writes)
+        torch.testing.assert_close(got[0], want, atol=1e-5, rtol=0, msg=str(site))
+
+
+def test_ablate_result_labels(chat):
+    vlm = chat(tiny_model("tiny-pixtral"))
+    ablation, _ = _ordering(vlm)
+    items = [Example(noise(vlm.adapter.native_size, 540), PROMPT, id="a", answer="red")]
+    result = ablate(vlm, items, ablation)
+    assert result.axes == ("item", "metric") and result.coords == {"item": ["a"], "metric": ["top1"]}
