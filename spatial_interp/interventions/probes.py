@@ -1,0 +1,302 @@
+"""Linear probes on collected activations (§4): fit per site, split by image, map over the grid.
+
+``Probe.fit`` trains a multi-class linear probe ``softmax(h · W + b)`` on rows of an
+:class:`~.collect.ActivationStore`. Labels come from a function ``(item_id, cell) -> class`` (``None``
+skips the row, e.g. background cells), so the same store serves horizontal and vertical probes.
+Items, not rows, are split into train and test (no image contributes to both). Methods:
+
+* ``"logreg"`` (default): scikit-learn's multinomial logistic regression;
+* ``"adamw"``: the paper's probe — ``W, b ~ N(0, 1)/√D`` from ``seed``, full-batch AdamW
+  (lr 1e-3, weight decay 1e-4), 200 epochs, cross-entropy, float32.
+
+A fitted probe applied to *every* cell of the test images, averaged, is the per-class heat map
+over the grid (the "strip" maps). Weights are saved as safetensors with a JSON sidecar, never pickle.
+
+Example:
+    >>> import numpy as np
+    >>> from spatial_interp.interventions.probes import Probe
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(60, 8)).astype(np.float32); y = (X[:, 0] > 0).astype(int); groups = np.arange(60) // 3
+    >>> probe = Probe.fit((X, y, groups), classes=["neg", "pos"])
+    >>> probe.report.accuracy > 0.8, probe.directions.shape
+    (True, torch.Size([2, 8]))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..results import LabelledArray, atomic_write, write_json
+from .collect import ActivationStore
+
+Labels = Callable[[str, int], int | None]
+PROBE_FORMAT = "spatial_interp.probe/1"
+
+
+@dataclass
+class ProbeReport:
+    """Held-out performance: accuracy and the (true, predicted) confusion counts."""
+
+    accuracy: float
+    confusion: LabelledArray
+    n_test_rows: int
+    train_loss: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "confusion": self.confusion.values.tolist(),
+                "n_test_rows": self.n_test_rows, "train_loss": self.train_loss}
+
+
+def split_items(items: Sequence[Any], test_fraction: float = 0.25, seed: int = 0) -> tuple[list, list]:
+    """Shuffle with ``random.Random(seed)``; the first ``⌊(1 − test_fraction)·n⌋`` train (§4: 90/30)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    cut = math.floor((1 - test_fraction) * len(order))
+    if cut == 0 or cut == len(order):
+        raise ValueError(f"{len(order)} items cannot be split {1 - test_fraction:.0%}/{test_fraction:.0%} "
+                         "with both parts non-empty; collect more items")
+    return order[:cut], order[cut:]
+
+
+def labelled_rows(store: ActivationStore, site: Any, labels: Labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, y, item index)`` of the rows of ``site`` whose label is not ``None``."""
+    ids = store.item_ids()
+    xs, ys, gs = [], [], []
+    for values, item, cell in store.chunks(site):
+        y = np.array([_label(labels, ids[i], int(c)) for i, c in zip(item, cell, strict=True)], dtype=object)
+        keep = np.array([v is not None for v in y], dtype=bool)
+        xs.append(np.asarray(values)[keep])
+        ys.append(y[keep].astype(np.int64))
+        gs.append(item[keep])
+    X, y, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+    if len(y) == 0:
+        raise ValueError("no labelled rows: the labels function returned None for every (item, cell)")
+    return X, y, g
+
+
+def _label(labels: Labels, item_id: str, cell: int) -> int | None:
+    value = labels(item_id, cell)
+    return None if value is None else int(value)
+
+
+@dataclass
+class Probe:
+    """A linear probe ``softmax(h · W + b)``; ``directions`` are the class vectors ``W.T``."""
+
+    W: np.ndarray
+    b: np.ndarray
+    classes: list[str]
+    site: str | None = None
+    method: str = "logreg"
+    train_items: list[Any] = field(default_factory=list)
+    test_items: list[Any] = field(default_factory=list)
+    report: ProbeReport | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    # --- fitting ---
+    @classmethod
+    def fit(
+        cls,
+        data: ActivationStore | tuple[np.ndarray, np.ndarray, np.ndarray],
+        labels: Labels | None = None,
+        *,
+        site: Any = None,
+        method: str = "logreg",
+        classes: Sequence[str] | None = None,
+        test_fraction: float = 0.25,
+        seed: int = 0,
+        epochs: int = 200,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        C: float = 1.0,  # noqa: N803 - scikit-learn's name
+        max_iter: int = 2000,
+    ) -> Probe:
+        """Fit on a store's ``site`` rows labelled by ``labels(item_id, cell)`` (or on ``(X, y, groups)``).
+
+        Items (``groups``) are split with :func:`split_items`; ``probe.report`` holds test accuracy and
+        the confusion matrix.
+        """
+        if isinstance(data, ActivationStore):
+            if labels is None or site is None:
+                raise ValueError("fitting on a store needs site= and labels=(item_id, cell) -> class or None")
+            X, y, groups = labelled_rows(data, site, labels)
+            ids = data.item_ids()
+            group_names = [ids[g] for g in range(len(ids))]
+        else:
+            X, y, groups = (np.asarray(a) for a in data)
+            group_names = None
+        X = X.astype(np.float32)
+        n_classes = int(y.max()) + 1 if classes is None else len(classes)
+        classes = list(classes) if classes is not None else [str(k) for k in range(n_classes)]
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(f"labels must be class indices 0..{n_classes - 1}, got {y.min()}..{y.max()}")
+        train_groups, test_groups = split_items(sorted(set(groups.tolist())), test_fraction, seed)
+        train = np.isin(groups, train_groups)
+        test = np.isin(groups, test_groups)
+        if method == "logreg":
+            W, b, loss = _fit_logreg(X[train], y[train], n_classes, C=C, max_iter=max_iter, seed=seed)
+        elif method == "adamw":
+            W, b, loss = _fit_adamw(X[train], y[train], n_classes, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                                    seed=seed)
+        else:
+            raise ValueError(f"unknown probe method {method!r}; use 'logreg' or 'adamw'")
+        name = (lambda g: group_names[g]) if group_names is not None else (lambda g: int(g))
+        probe = cls(W, b, classes, None if site is None else str(site), method,
+                    [name(g) for g in train_groups], [name(g) for g in test_groups],
+                    config={"test_fraction": test_fraction, "seed": seed, "epochs": epochs, "lr": lr,
+                            "weight_decay": weight_decay, "C": C})
+        probe.report = probe.evaluate(X[test], y[test])
+        probe.report.train_loss = loss
+        return probe
+
+    # --- applying ---
+    @property
+    def directions(self) -> Float[Tensor, "classes d"]:
+        """The class vectors ``w_k`` as rows, ready for :func:`~.steer.steer`."""
+        return torch.from_numpy(self.W.T.copy())
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, dtype=np.float32) @ self.W + self.b
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        z = self.logits(X)
+        z = z - z.max(-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(-1, keepdims=True)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.logits(X).argmax(-1)
+
+    def evaluate(self, X: np.ndarray, y: np.ndarray) -> ProbeReport:
+        """Accuracy and confusion on labelled rows."""
+        if len(y) == 0:
+            raise ValueError("no rows to evaluate the probe on")
+        predicted = self.predict(X)
+        k = len(self.classes)
+        confusion = np.zeros((k, k), dtype=np.int64)
+        np.add.at(confusion, (np.asarray(y, dtype=np.int64), predicted), 1)
+        return ProbeReport(float((predicted == y).mean()),
+                           LabelledArray(confusion, ("true", "predicted"),
+                                         {"true": self.classes, "predicted": self.classes}),
+                           int(len(y)))
+
+    def heatmap(self, store: ActivationStore, items: Sequence[str] | None = None, site: Any = None) -> LabelledArray:
+        """Mean class probability at every cell over ``items`` (default: the test images) → ``(class, row, col)``.
+
+        The store must hold every cell of those items at the probe's site.
+        """
+        site = site if site is not None else self.site
+        if site is None:
+            raise ValueError("give site= (this probe was fitted on arrays, so it does not know its site)")
+        ids = store.item_ids()
+        wanted = set(items if items is not None else self.test_items)
+        if not wanted:
+            raise ValueError("no items to average over")
+        grid = {store.grid(i) for i in wanted}
+        if len(grid) != 1:
+            raise ValueError(f"items have different grids {sorted(grid)}; map them separately")
+        rows, cols = grid.pop()
+        total = np.zeros((rows * cols, len(self.classes)))
+        count = np.zeros(rows * cols)
+        for values, item, cell in store.chunks(site):
+            keep = np.array([ids[i] in wanted for i in item], dtype=bool) & (cell >= 0)
+            np.add.at(total, cell[keep], self.predict_proba(np.asarray(values)[keep]))
+            np.add.at(count, cell[keep], 1)
+        if (count == 0).any():
+            raise ValueError("the store lacks some cells of these items; collect with regions=None (all cells)")
+        mean = (total / count[:, None]).T.reshape(len(self.classes), rows, cols)
+        return LabelledArray(mean, ("class", "row", "col"), {"class": self.classes},
+                             attrs={"site": str(site), "n_items": len(wanted)})
+
+    # --- disk ---
+    def save(self, path: str | os.PathLike) -> Path:
+        """``PATH.safetensors`` (W, b) and ``PATH.json`` (classes, site, split, report); returns the JSON path."""
+        from safetensors.numpy import save as to_bytes
+
+        base = Path(path)
+        base = base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
+        blob = to_bytes({"W": np.ascontiguousarray(self.W, dtype=np.float32),
+                         "b": np.ascontiguousarray(self.b, dtype=np.float32)})
+        atomic_write(base.with_name(base.name + ".safetensors"), lambda f: f.write(blob))
+        meta = {"format": PROBE_FORMAT, "classes": self.classes, "site": self.site, "method": self.method,
+                "train_items": self.train_items, "test_items": self.test_items, "config": self.config,
+                "report": self.report.to_dict() if self.report else None}
+        return write_json(base.with_name(base.name + ".json"), meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Probe:
+        from safetensors.numpy import load_file
+
+        base = Path(path)
+        base = base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
+        meta_path, weights = base.with_name(base.name + ".json"), base.with_name(base.name + ".safetensors")
+        if not meta_path.is_file() or not weights.is_file():
+            raise FileNotFoundError(f"need both {meta_path} and {weights}")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != PROBE_FORMAT:
+            raise ValueError(f"{meta_path} is not a saved probe")
+        tensors = load_file(str(weights))
+        probe = cls(tensors["W"], tensors["b"], meta["classes"], meta["site"], meta["method"],
+                    meta["train_items"], meta["test_items"], config=meta.get("config", {}))
+        report = meta.get("report")
+        if report:
+            k = len(probe.classes)
+            probe.report = ProbeReport(report["accuracy"],
+                                       LabelledArray(np.array(report["confusion"]).reshape(k, k), ("true", "predicted"),
+                                                     {"true": probe.classes, "predicted": probe.classes}),
+                                       report["n_test_rows"], report.get("train_loss"))
+        return probe
+
+
+def _fit_logreg(X: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, max_iter: int,  # noqa: N803
+                seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    present = np.unique(y)
+    model = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+    model.fit(X, y)
+    W = np.zeros((X.shape[1], n_classes), dtype=np.float32)
+    b = np.zeros(n_classes, dtype=np.float32)
+    if len(present) == 2 and model.coef_.shape[0] == 1:
+        # Binary scikit-learn keeps one vector; softmax over (0, z) equals its sigmoid.
+        W[:, present[1]] = model.coef_[0]
+        b[present[1]] = model.intercept_[0]
+    else:
+        W[:, present] = model.coef_.T
+        b[present] = model.intercept_
+    probs = model.predict_proba(X)
+    loss = float(-np.log(probs[np.arange(len(y)), np.searchsorted(model.classes_, y)] + 1e-12).mean())
+    return W, b, loss
+
+
+def _fit_adamw(X: np.ndarray, y: np.ndarray, n_classes: int, *, epochs: int, lr: float, weight_decay: float,
+               seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    # A private generator reproduces torch.manual_seed(seed) draws without touching global RNG state.
+    generator = torch.Generator().manual_seed(seed)
+    d = X.shape[1]
+    W = (torch.randn(d, n_classes, generator=generator) / math.sqrt(d)).requires_grad_(True)
+    b = (torch.randn(n_classes, generator=generator) / math.sqrt(d)).requires_grad_(True)
+    inputs, targets = torch.from_numpy(X), torch.from_numpy(y)
+    optimizer = torch.optim.AdamW([W, b], lr=lr, weight_decay=weight_decay)
+    loss = torch.tensor(float("nan"))
+    with torch.enable_grad():
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(inputs @ W + b, targets)
+            loss.backward()
+            optimizer.step()
+    return W.detach().numpy().copy(), b.detach().numpy().copy(), float(loss.detach())
