@@ -66,24 +66,25 @@ def test_answer_words_are_single_tokens():
 
 # Real flagship configs, written out in the adapters (values of the public config.json files).
 META = {
-    "qwen2_vl": (28, 3584, 32, 336, (12, 12), 1),
-    "qwen2_5_vl": (28, 3584, 32, 336, (12, 12), 1),
-    "gemma3": (34, 2560, 27, 896, (16, 16), 1),
-    "llava": (32, 4096, 24, 336, (24, 24), 1),
+    "qwen2_vl": (28, 3584, 32, 336, (12, 12), 12),
+    "qwen2_5_vl": (28, 3584, 32, 336, (12, 12), 12),
+    "gemma3": (34, 2560, 27, 896, (16, 16), 16),
+    "llava": (32, 4096, 24, 336, (24, 24), 24),
     "pixtral": (40, 5120, 24, 240, (15, 15), 16),
 }
 
 
 @pytest.mark.parametrize("arch", list(META))
 def test_real_size_configs_on_meta(arch):
-    layers, width, blocks, size, grid, stride = META[arch]
+    layers, width, blocks, size, grid, row_stride = META[arch]
     vlm = meta_vlm(arch)
     assert next(vlm.model.parameters()).device.type == "meta"
     assert (vlm.n_lm_layers, vlm.d_model, vlm.n_vision_blocks) == (layers, width, blocks)
     layout = vlm.prepare([Image.new("RGB", (size, size), "white")], ["hi"]).layouts[0]
     assert (layout.grid.rows, layout.grid.cols) == grid
     pos = layout.lm_positions
-    assert int(pos[grid[1]] - pos[grid[1] - 1]) == stride  # Pixtral: one [IMG_BREAK] per row
+    assert int(pos[grid[1]] - pos[0]) == row_stride  # Pixtral: one [IMG_BREAK] after each row (C + 1)
+    assert int(pos[1] - pos[0]) == 1
     assert vlm.image_token_id == {"qwen2_vl": 151655, "qwen2_5_vl": 151655, "gemma3": 262144, "llava": 32000,
                                   "pixtral": 10}[arch]
 
