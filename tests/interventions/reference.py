@@ -72,6 +72,23 @@ def capture(vlm, image, prompt, site, region=None):
 
 
 @torch.no_grad()
+def capture_many(vlm, image, prompt, requests):
+    """``capture`` for several ``(site, region)`` requests in one forward."""
+    batch = single(vlm, image, prompt)
+    out = [None] * len(requests)
+    with contextlib.ExitStack() as stack:
+        for k, (site, region) in enumerate(requests):
+            positions = batch.layouts[0].indices(region, site)
+
+            def grab(t, k=k, positions=positions, site=site):
+                out[k] = (t[positions] if site.is_vision else t[0, positions]).clone()
+
+            stack.enter_context(hooked(vlm, site, grab))
+        vlm.model(**batch.inputs)
+    return out
+
+
+@torch.no_grad()
 def run_with_writes(vlm, image, prompt, writes):
     """Final logits of one item with ``writes = [(site, region_or_positions_fn, values)]`` applied in order."""
     batch = single(vlm, image, prompt)
