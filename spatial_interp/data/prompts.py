@@ -1,8 +1,12 @@
-"""Chat prompts in each model's own template (spec §2.6, §11.3).
+"""Prompt texts (spec §2.6, §3.1) and chat rendering through a model's own processor.
+
+User texts keep their trailing space: the model's next token is the answer.
 
 Example:
-    >>> chat_messages("The color is ", system=None)[0]["role"]
-    'user'
+    >>> squares_prompt("left", "red")
+    'The color of the square to the left of the red square is '
+    >>> chat_messages("Hi ")[1]["content"]
+    [{'type': 'image'}, {'type': 'text', 'text': 'Hi '}]
 """
 
 from __future__ import annotations
@@ -10,11 +14,64 @@ from __future__ import annotations
 from typing import Any
 
 SYSTEM_TEXT = "You are a helpful assistant. You respond in one token."
-"""The paper's system text, used for every model and task (spec §2.6)."""
+
+DIRECTIONS: tuple[str, ...] = ("left", "right", "above", "below")
+
+PREPOSITIONS: dict[str, str] = {
+    "left": "to the left of",
+    "right": "to the right of",
+    "above": "above",
+    "below": "below",
+}
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in PREPOSITIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+
+
+def opposite(direction: str) -> str:
+    """left <-> right, above <-> below."""
+    _check_direction(direction)
+    return {"left": "right", "right": "left", "above": "below", "below": "above"}[direction]
+
+
+def orientation_of(direction: str) -> str:
+    """"horizontal" for left/right, "vertical" for above/below."""
+    _check_direction(direction)
+    return "horizontal" if direction in ("left", "right") else "vertical"
+
+
+def target_slot(direction: str) -> int:
+    """Slot of the answer in a three-slot image: 0 for left/above, 2 for right/below."""
+    _check_direction(direction)
+    return 0 if direction in ("left", "above") else 2
+
+
+def squares_prompt(direction: str, middle_color: str) -> str:
+    _check_direction(direction)
+    return f"The color of the square {PREPOSITIONS[direction]} the {middle_color.lower()} square is "
+
+
+def shapes_prompt(direction: str, middle_color: str, middle_shape: str) -> str:
+    _check_direction(direction)
+    return (f"The color of the shape {PREPOSITIONS[direction]} the {middle_color.lower()} "
+            f"{middle_shape.lower()} is ")
+
+
+def objects_prompt(direction: str, middle_name: str) -> str:
+    _check_direction(direction)
+    return f"The object {PREPOSITIONS[direction]} the {middle_name} is a(n) "
+
+
+def whatsup_prompt(direction: str, reference: str) -> str:
+    if direction not in ("left", "right"):
+        raise ValueError(f"What'sUp items are left/right only, got {direction!r}")
+    return f"The object on the floor {PREPOSITIONS[direction]} the {reference} is a(n) "
 
 
 def chat_messages(user_text: str, system: str | None = SYSTEM_TEXT) -> list[dict[str, Any]]:
-    """One optional system turn and one user turn ``[image, text]`` in the Hugging Face multimodal format."""
+    """The HF multimodal message list: optional system turn, then one user turn [image, text]."""
     messages: list[dict[str, Any]] = []
     if system is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
@@ -23,5 +80,11 @@ def chat_messages(user_text: str, system: str | None = SYSTEM_TEXT) -> list[dict
 
 
 def render_prompt(processor: Any, user_text: str, system: str | None = SYSTEM_TEXT) -> str:
-    """The processor's chat template applied with a generation prompt; the trailing space of ``user_text`` is kept."""
-    return processor.apply_chat_template(chat_messages(user_text, system), add_generation_prompt=True, tokenize=False)
+    """The full prompt string from the processor's chat template, with the generation prompt added.
+
+    The user text goes in unchanged (trailing space included); whatever the model's template does with
+    it is what the reference implementation got as well. Pass the result with the image to
+    ``processor(text=prompt, images=[image])``.
+    """
+    return processor.apply_chat_template(chat_messages(user_text, system), add_generation_prompt=True,
+                                         tokenize=False)
