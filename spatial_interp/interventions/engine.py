@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..geometry import ImageLayout
 from ..models.vlm import VLM, Batch
-from ..site import Site
+from ..site import Site, lm_resid
 
 EditKind = Literal["set", "steer"]
 
@@ -167,6 +167,17 @@ def _build_plan(vlm: VLM, edits: Sequence[Edit], reads: Sequence[Read]) -> tuple
     return plan, read_slices
 
 
+def _apply_ops(value: Tensor, ops: list, flat: bool) -> None:
+    """The trace body's edit loop, for a tensor held outside any trace (see ``prefix`` in :func:`run`)."""
+    for kind, rows, positions, values, w, scaled in ops:
+        index = torch.unravel_index(positions, value.shape[:-1]) if flat else (rows, positions)
+        if kind == "set":
+            value[index] = values
+        else:
+            h = value[index]
+            value[index] = h + values[:, None] * ((h @ scaled.T) @ w)
+
+
 def run(
     vlm: VLM,
     batch: Batch,
@@ -174,6 +185,7 @@ def run(
     reads: Sequence[Read] = (),
     *,
     vision_features: Float[Tensor, "rows d"] | None = None,
+    prefix: tuple[int, Float[Tensor, "batch pos d"]] | None = None,
     remote: bool | str = False,
 ) -> RunOutput:
     """One forward over ``batch`` with ``edits`` applied and ``reads`` returned.
@@ -182,6 +194,10 @@ def run(
         vision_features: ``vision_out`` rows for the whole batch (in batch order). When given, the
             vision tower is not run: these embeddings are spliced in directly, so every edit and read
             must be at an LM site.
+        prefix: ``(m, h)`` with ``h`` the unedited ``lm_resid(m)`` of this batch (e.g. from an earlier
+            clean forward). Decoder layers ``0 … m-1`` are then skipped, their output replaced by ``h``
+            with the ``lm_resid(m)`` edits applied, since without edits below ``m`` they would
+            recompute exactly ``h``. Edits and reads must all be at ``lm_resid(s)``, ``s >= m``.
         remote: ``False`` (local), ``True`` (NDIF) or ``"local"`` (nnsight's serialisation round trip).
     """
     if vision_features is not None:
@@ -189,7 +205,28 @@ def run(
         if vision:
             raise ValueError(f"cannot edit or read {vision[0]} when vision features are fed in (the vision "
                              "tower does not run); pass vision_features=None")
-    plan, read_slices = _build_plan(vlm, edits, reads)
+    skip_paths: list[str] = []
+    skip_value = None
+    early_reads: dict[int, Tensor] = {}
+    late_reads = list(range(len(reads)))
+    if prefix is not None:
+        m, residual = prefix
+        early = [x.site for x in [*edits, *reads] if x.site.is_vision or x.site.index < m]
+        if m < 1 or early:
+            raise ValueError(f"a prefix of {m} layers needs every edit and read at lm_resid(s) with s >= {m} >= 1"
+                             + (f"; got {early[0]}" if early else ""))
+        at_m = [i for i, r in enumerate(reads) if r.site.index == m]
+        late_reads = [i for i in late_reads if i not in at_m]
+        skip_value = residual.to(device=vlm.device, dtype=vlm.dtype).clone()
+        pre_plan, pre_slices = _build_plan(vlm, [e for e in edits if e.site.index == m], [reads[i] for i in at_m])
+        for _, _, _, flat, ops, read_rows, read_positions in pre_plan:
+            _apply_ops(skip_value, ops, flat)
+            if read_positions is not None:
+                for i, (_, start, stop) in zip(at_m, pre_slices, strict=True):
+                    early_reads[i] = skip_value[read_rows[start:stop], read_positions[start:stop]].clone()
+        edits = [e for e in edits if e.site.index != m]
+        skip_paths = [vlm.module_path(lm_resid(i + 1)) for i in range(m)]
+    plan, read_slices = _build_plan(vlm, edits, [reads[i] for i in late_reads])
     inputs = dict(batch.inputs)
     if vision_features is not None:
         inputs.pop("pixel_values", None)
@@ -200,6 +237,8 @@ def run(
     envoy = vlm.envoy
     with torch.no_grad(), envoy.trace(**inputs, remote=remote):
         # Remote-safe body: only envoy, tensors, plain data and torch from here on.
+        for path in skip_paths:
+            envoy.get(path).skip(skip_value)
         gathered = []
         for path, from_input, field, flat, ops, read_rows, read_positions in plan:
             module = envoy.get(path)
@@ -224,7 +263,11 @@ def run(
         nnsight.save(gathered)
         nnsight.save(logits)
 
-    out = [gathered[step][start:stop] for step, start, stop in read_slices]
+    out: list[Tensor | None] = [None] * len(reads)
+    for i, (step, start, stop) in zip(late_reads, read_slices, strict=True):
+        out[i] = gathered[step][start:stop]
+    for i, value in early_reads.items():
+        out[i] = value
     return RunOutput(logits=logits, reads=out)
 
 

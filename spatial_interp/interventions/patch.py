@@ -40,7 +40,7 @@ from torch import Tensor
 from ..geometry import GeometryError, ImageLayout, Region
 from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..results import LabelledArray, provenance
-from ..site import Site
+from ..site import Site, lm_resid
 from .ablate import Ablation
 from .engine import Edit, Read, repeat_batch, run, vision_feature_reads
 from .examples import Example, PatchPair, RegionSpec, Swap, as_pair, resolve_region
@@ -108,10 +108,18 @@ def _unique(examples: Sequence[Example]) -> tuple[list[Example], list[int]]:
 
 
 class PreparedChunk:
-    """A chunk of pairs after step 1 (see the module docstring); :meth:`run` does step 2.
+    """A chunk of pairs after the unpatched forwards; :meth:`run` does one patched forward.
 
-    Holds the source rows every intervention needs and, for LM-only work, the clean vision
-    embeddings, so any subset of the interventions can run later (a sweep resumes this way).
+    On creation it runs (1) the distinct source images once, reading every source row any
+    intervention needs, and (2) the clean batch once, giving the clean baseline, the clean vision
+    embeddings and the clean residual streams that patched forwards start from. Any subset of the
+    interventions can then run in any order (a sweep resumes this way).
+
+    Args:
+        per_forward: interventions stacked per patched forward (decides which residuals to keep).
+        reuse_prefix: start each LM forward at its lowest patched layer from the clean residual
+            instead of recomputing the unpatched layers below it (exact: those layers see no edit).
+            Off by default when ``remote`` is set, since it ships whole residual streams.
     """
 
     def __init__(
@@ -121,52 +129,72 @@ class PreparedChunk:
         interventions: Sequence[Intervention],
         metric: Metric,
         *,
+        per_forward: int = 1,
         ablation: Ablation | None = None,
         system: Any = DEFAULT_SYSTEM,
         remote: bool | str = False,
         feed_vision: bool = True,
+        reuse_prefix: bool | None = None,
     ) -> None:
         for iv in interventions:
             vlm.check_site(iv.site)
         self.vlm, self.pairs, self.interventions = vlm, list(pairs), list(interventions)
         self.metric, self.ablation = metric, ablation
         self.system, self.remote = system, remote
+        self.groups = group_forwards(self.interventions, per_forward)
         n = len(pairs)
-        examples, where = _unique([p.clean for p in pairs] + [p.source for p in pairs])
-        clean_at, self.source_at = where[:n], where[n:]
-        batch_a = vlm.prepare([e.image for e in examples], [e.prompt for e in examples], system=system)
+        sources, self.source_at = _unique([p.source for p in pairs])
+        batch_a = vlm.prepare([e.image for e in sources], [e.prompt for e in sources], system=system)
+        self.batch = vlm.prepare([p.clean.image for p in pairs], [p.clean.prompt for p in pairs], system=system)
         self.source_layouts = [batch_a.layouts[k] for k in self.source_at]
 
-        ablation_values = None
         if ablation is not None:
-            ablation_values = ablation.compute(vlm, examples, batch_a.layouts, system=system, remote=remote,
-                                               batch_size=max(len(examples), 1))
-            self.clean_ablation = [ablation_values[k] for k in clean_at]
+            values = ablation.compute(vlm, sources + [p.clean for p in pairs], batch_a.layouts + self.batch.layouts,
+                                      system=system, remote=remote, batch_size=max(len(sources), 1))
+            source_ablation, self.clean_ablation = values[:len(sources)], values[len(sources):]
 
         # Regions are resolved once per (intervention, pair), on the clean image's grid.
-        self.regions = [[resolve_region(iv.region, pair, batch_a.layouts[clean_at[j]])
-                         for j, pair in enumerate(pairs)] for iv in interventions]
+        self.regions = [[resolve_region(iv.region, pair, self.batch.layouts[j]) for j, pair in enumerate(pairs)]
+                        for iv in interventions]
 
+        # (1) sources: every row any intervention takes from them.
         reads: list[Read] = []
         for i, iv in enumerate(interventions):
             for j in range(n):
                 src = self.source_layouts[j]
-                _, s = patch_indices(iv.site, self.regions[i][j], iv.pairing, batch_a.layouts[clean_at[j]], src)
+                _, s = patch_indices(iv.site, self.regions[i][j], iv.pairing, self.batch.layouts[j], src)
                 reads.append(Read(iv.site, None if iv.site.is_vision else torch.full_like(s, src.batch_index), s))
+        edits_a = ablation.edits(source_ablation, batch_a.layouts) if ablation is not None else []
+        out_a = run(vlm, batch_a, edits_a, reads, remote=remote)
+        self.source, self.names = evaluate(metric, out_a.logits[torch.tensor(self.source_at)], pairs)
+        self.source_rows = out_a.reads
+
+        # (2) the clean batch: baseline, vision embeddings, residuals at each forward's lowest site.
         lm_only = all(not iv.site.is_vision for iv in interventions)
         self.feed = feed_vision and lm_only and (ablation is None or not ablation.site.is_vision)
+        reuse = (not remote) if reuse_prefix is None else reuse_prefix
+        floor = ablation.site.index if ablation is not None and not ablation.site.is_vision else 0
+        starts = sorted({self._start(group) for group in self.groups} - {0}) if reuse and self.feed else []
+        starts = [m for m in starts if m > floor]
+        seq = self.batch.seq_len
+        rows = torch.arange(n).repeat_interleave(seq)
+        positions = torch.arange(seq).repeat(n)
+        reads_c = [Read(lm_resid(m), rows, positions) for m in starts]
         if self.feed:
-            reads += vision_feature_reads([batch_a.layouts[k] for k in clean_at])
-        edits_a = ablation.edits(ablation_values, batch_a.layouts) if ablation is not None else []
-        out_a = run(vlm, batch_a, edits_a, reads, remote=remote)
-        self.clean, self.names = evaluate(metric, out_a.logits[torch.tensor(clean_at)], pairs)
-        self.source, _ = evaluate(metric, out_a.logits[torch.tensor(self.source_at)], pairs)
-        self.source_rows = out_a.reads[: len(interventions) * n]
-        self.features = out_a.reads[-1] if self.feed else None
-        self.batch = vlm.prepare([p.clean.image for p in pairs], [p.clean.prompt for p in pairs], system=system)
+            reads_c += vision_feature_reads(self.batch.layouts)
+        edits_c = ablation.edits(self.clean_ablation, self.batch.layouts) if ablation is not None else []
+        out_c = run(vlm, self.batch, edits_c, reads_c, remote=remote)
+        self.clean, _ = evaluate(metric, out_c.logits, pairs)
+        self.prefixes = {m: out_c.reads[k].reshape(n, seq, -1).cpu() for k, m in enumerate(starts)}
+        self.features = out_c.reads[-1] if self.feed else None
 
-    def forwards(self, per_forward: int) -> list[list[int]]:
-        return group_forwards(self.interventions, per_forward)
+    def _start(self, chosen: Sequence[int]) -> int:
+        """Lowest LM residual slot patched in a forward (0 when it includes a vision site)."""
+        sites = [self.interventions[i].site for i in chosen]
+        return 0 if any(s.is_vision for s in sites) else min(s.index for s in sites)
+
+    def forwards(self, per_forward: int | None = None) -> list[list[int]]:
+        return self.groups if per_forward is None else group_forwards(self.interventions, per_forward)
 
     def run(self, chosen: Sequence[int]) -> Float[Tensor, "k pairs m"]:
         """One forward: the clean batch stacked ``len(chosen)`` times, replica ``r`` patched by
@@ -176,8 +204,13 @@ class PreparedChunk:
         if len(vision) != 1:
             raise ValueError("vision and LM interventions cannot share a forward; group them with forwards()")
         batch = repeat_batch(vlm, self.batch, k)
+        start = self._start(chosen)
+        prefix = None
         edits: list[Edit] = []
-        if self.ablation is not None:
+        if start in self.prefixes:
+            # The clean residual already carries the ablation, and no layer below `start` is run.
+            prefix = (start, torch.cat([self.prefixes[start]] * k))
+        elif self.ablation is not None:
             edits += self.ablation.edits(self.clean_ablation * k, batch.layouts)
         for r, i in enumerate(chosen):
             site, pairing = self.interventions[i].site, self.interventions[i].pairing
@@ -188,7 +221,7 @@ class PreparedChunk:
                 edits.append(Edit.set(site, rows, t, self.source_rows[i * n + j]))
         fed = self.features is not None and not vision.pop()
         out = run(vlm, batch, edits, vision_features=torch.cat([self.features] * k) if fed else None,
-                  remote=self.remote)
+                  prefix=prefix, remote=self.remote)
         return torch.stack([evaluate(self.metric, out.logits[r * n:(r + 1) * n], self.pairs)[0]
                             for r in range(k)])
 
@@ -206,9 +239,9 @@ def group_forwards(interventions: Sequence[Intervention], per_forward: int) -> l
 def run_chunk(vlm: VLM, pairs: Sequence[PatchPair], interventions: Sequence[Intervention], metric: Metric, *,
               per_forward: int, **options: Any) -> ChunkResult:
     """Every intervention on every pair of one chunk (step 1 once, then step-2 forwards)."""
-    chunk = PreparedChunk(vlm, pairs, interventions, metric, **options)
+    chunk = PreparedChunk(vlm, pairs, interventions, metric, per_forward=per_forward, **options)
     patched: list[Tensor | None] = [None] * len(interventions)
-    for chosen in chunk.forwards(per_forward):
+    for chosen in chunk.forwards():
         for i, values in zip(chosen, chunk.run(chosen), strict=True):
             patched[i] = values
     return ChunkResult(torch.stack(patched), chunk.clean, chunk.source, chunk.names)

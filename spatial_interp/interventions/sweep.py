@@ -5,9 +5,12 @@ The work is the Cartesian product as data: ``interventions = sites × regions`` 
 
 * one forward over the chunk's distinct images reads every source row and the clean vision
   embeddings (sources are computed once per source image);
+* one forward of the clean batch gives the baseline, its vision embeddings and its residual streams;
 * then forwards of the clean batch stacked ``k = batch_size // P`` times, replica ``r`` carrying its
   own (site, region): ``k`` interventions per forward. LM-only sweeps splice the cached clean
-  vision embeddings in, so the vision tower never runs per intervention.
+  vision embeddings in, so the vision tower never runs per intervention, and (locally) start at the
+  forward's lowest patched layer from the cached clean residual: layers below it would recompute
+  exactly that residual.
 
 Each forward's result is written atomically to ``out/chunks/``; a re-run with the same arguments
 skips what exists and recomputes the rest exactly as the first run would have (same batches, same
@@ -87,6 +90,7 @@ def sweep(
     system: Any = DEFAULT_SYSTEM,
     remote: bool | str = False,
     progress: bool = True,
+    reuse_prefix: bool | None = None,
     seed: int | None = None,
 ) -> LabelledArray:
     """Patch every (site, region) into every pair; returns a ``(metric, site, region, pair)`` array.
@@ -104,6 +108,8 @@ def sweep(
         ablation: ablate clean and source runs first (§7.2).
         remote: ``False``, ``True`` (NDIF) or ``"local"``.
         progress: show a progress bar with ETA (tqdm).
+        reuse_prefix: start each patched forward at its lowest patched layer from the cached clean
+            residual (exact; default on locally, off remotely where it would ship residual streams).
 
     Returns:
         The patched metric; ``extras["clean"]``/``extras["source"]`` hold ``(metric, pair)`` baselines.
@@ -151,8 +157,8 @@ def sweep(
                     patched[(c, g)] = values
                 bar.update(len(groups) + 1)
                 continue
-            prepared = PreparedChunk(vlm, chunk, interventions, metric, ablation=ablation, system=system,
-                                     remote=remote)
+            prepared = PreparedChunk(vlm, chunk, interventions, metric, per_forward=per_forward, ablation=ablation,
+                                     system=system, remote=remote, reuse_prefix=reuse_prefix)
             names = prepared.names
             baselines[c] = (prepared.clean.numpy(), prepared.source.numpy())
             if store is not None:

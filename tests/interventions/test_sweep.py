@@ -53,7 +53,17 @@ def test_lm_sweep_runs_vision_tower_once_per_chunk(chat):
               pairs_per_chunk=2, batch_size=4, progress=False)
     finally:
         handle.remove()
-    assert len(calls) == 2  # two chunks of pairs, one source forward each; 8 interventions never re-run it
+    # Two chunks of pairs, each: one forward of its sources and one of its clean images. The 8 × 2
+    # interventions never re-run the vision tower.
+    assert len(calls) == 4
+
+
+def test_prefix_reuse_is_exact(chat):
+    vlm, pairs, regions = _setup(chat, "tiny-gemma3", n=1)
+    sites = [si.site.lm_resid(s) for s in (1, 3)]
+    fast = sweep(vlm, pairs, sites, regions, pairing="swap", batch_size=2, progress=False)
+    slow = sweep(vlm, pairs, sites, regions, pairing="swap", batch_size=2, progress=False, reuse_prefix=False)
+    np.testing.assert_allclose(fast.values, slow.values, atol=1e-6, rtol=0)
 
 
 def test_sweep_resumes_bit_identically(chat, tmp_path, monkeypatch):
