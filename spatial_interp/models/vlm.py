@@ -128,8 +128,14 @@ class VLM:
         return self.adapter.image_token_id(self.config)
 
     @property
-    def canvas(self) -> str:
-        """Name of the stimulus canvas preset native to this architecture."""
+    def canvas(self) -> Any:
+        """The stimulus canvas native to this model (a ``spatial_interp.data.canvas`` preset name, or a
+        ``CanvasGeometry`` a shipped organism records in its config as ``spatial_interp_canvas``)."""
+        custom = getattr(self.config, "spatial_interp_canvas", None)
+        if custom:
+            from ..data.canvas import CanvasGeometry
+
+            return CanvasGeometry(**custom)
         return self.adapter.canvas
 
     def __repr__(self) -> str:

@@ -1,0 +1,79 @@
+"""``spatial-interp eval``: behavioural accuracy on a task (the paper's Table 1), overall and per direction.
+
+Tasks: ``squares``, ``shapes``, ``objects`` (synthetic, rendered at the model's own canvas),
+``whatsup`` (three-object composites from a folder of What'sUp controlled images, ``--data``) and
+``coco`` (What'sUp COCO two-object questions; ``--data`` holds ``coco_qa_two_obj.json``,
+``instances_val2017.json`` and ``val2017/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._shared import add_model_argument, emit, load_model, model_name
+
+TASKS = ("squares", "shapes", "objects", "whatsup", "coco")
+
+EXAMPLES = """examples:
+  spatial-interp eval --task squares
+  spatial-interp eval --task objects --model tiny-gemma3 --limit 64 --out runs/objects.json
+  spatial-interp eval --task whatsup --data ~/data/whatsup/controlled_images --model Qwen/Qwen2-VL-7B-Instruct
+"""
+
+
+def add_parser(subparsers, common) -> None:
+    parser = subparsers.add_parser(
+        "eval", parents=[common], help="behavioural accuracy on a task (Table 1)",
+        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_argument(parser)
+    parser.add_argument("--task", choices=TASKS, default="squares", help="task (default: squares)")
+    parser.add_argument("--data", type=Path, default=None, help="data folder for whatsup / coco")
+    parser.add_argument("--batch-size", type=int, default=16, help="items per forward (default: 16)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(run=run)
+
+
+def task_items(vlm, task: str, data: Path | None) -> list:
+    """The items of ``task`` for ``vlm``'s geometry and tokenizer."""
+    from ..data import tasks
+
+    if task in ("squares", "shapes", "objects"):
+        return list(getattr(tasks, f"{task}_items")(vlm.canvas))
+    if data is None:
+        raise SystemExit(f"eval --task {task} needs --data FOLDER (see `spatial-interp eval --help`)")
+    if task == "whatsup":
+        from ..data.whatsup import WhatsUpImages, whatsup_items
+
+        return list(whatsup_items(WhatsUpImages(data), vlm.adapter.native_size[0], tokenizer=vlm.tokenizer))
+    from ..data.coco import coco_items
+
+    return list(coco_items(data, vlm.arch))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate
+
+    vlm = load_model(args)
+    try:
+        items = task_items(vlm, args.task, args.data)
+    except FileNotFoundError as error:
+        raise SystemExit(f"eval: {error}") from None
+    if args.limit is not None:
+        items = items[: args.limit]
+    if not items:
+        raise SystemExit(f"eval: task {args.task} produced no items for {model_name(args)}")
+    result = evaluate(vlm, items, task=args.task, batch_size=args.batch_size, progress=not args.no_progress,
+                      seed=args.seed)
+    if args.out is not None:
+        result.save(args.out)
+    summary = result.to_dict()
+    lines = [f"{args.task} on {model_name(args)}: {sum(result.correct)}/{result.n} = {result.accuracy:.4f}"]
+    for direction, stats in result.per_direction().items():
+        lines.append(f"  {direction:6s} {stats['correct']}/{stats['n']} = {stats['accuracy']:.4f}")
+    if args.out is not None:
+        lines.append(f"  per-item results: {args.out}")
+    emit(args, {k: v for k, v in summary.items() if k != "items"}, lines)
+    return 0
