@@ -120,3 +120,18 @@ def test_prepare_rejects_bad_input():
         vlm.prepare([Image.new("RGB", (8, 8))] * 2, ["x"])
     with pytest.raises(TypeError, match="PIL"):
         vlm.prepare(["not an image"], ["x"])
+
+
+def test_local_checkpoint_folder_loads_like_a_real_checkpoint(tiny_vlm, tmp_path):
+    """The real loading path (AutoConfig → adapter, AutoModelForImageTextToText, AutoProcessor) on a saved folder."""
+    tiny_vlm.model.save_pretrained(tmp_path)
+    tiny_vlm.processor.save_pretrained(tmp_path)
+    loaded = si.load(str(tmp_path))
+    assert loaded.arch == tiny_vlm.arch and loaded.info.source == "hub"
+    assert type(loaded.processor) is type(tiny_vlm.processor)
+    assert type(loaded.processor.image_processor) is type(tiny_vlm.processor.image_processor)
+    image = Image.new("RGB", tiny_vlm.adapter.native_size, "red")
+    original = tiny_vlm.prepare([image], ["The color of the square is "])
+    again = loaded.prepare([image], ["The color of the square is "])
+    assert torch.equal(original.inputs["input_ids"], again.inputs["input_ids"])
+    assert torch.allclose(tiny_vlm.forward(original), loaded.forward(again), atol=1e-6)
