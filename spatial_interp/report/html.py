@@ -1,0 +1,53 @@
+"""A single self-contained HTML file from plotly figures and short text sections."""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from ..results import atomic_write
+
+
+@dataclass
+class Section:
+    """A heading, a paragraph or a small table (rows of cells), and any number of figures."""
+
+    title: str
+    text: str = ""
+    figures: list[go.Figure] = field(default_factory=list)
+    table: list[list[str]] | None = None
+
+
+def _table(rows: list[list[str]]) -> str:
+    head, *body = rows
+    cells = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+    lines = ["<table><tr>" + cells + "</tr>"]
+    for row in body:
+        lines.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    return "".join(lines) + "</table>"
+
+
+def write_report(sections: Sequence[Section], path: str | os.PathLike, *, title: str = "spatial_interp report") -> Path:
+    """Write ``sections`` to one HTML file with plotly.js embedded once (opens offline)."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             "</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    first = True
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.text:
+            parts.append(f"<p>{html.escape(section.text)}</p>")
+        if section.table:
+            parts.append(_table(section.table))
+        for fig in section.figures:
+            parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first else False))
+            first = False
+    parts.append("</body></html>")
+    document = "\n".join(parts)
+    return atomic_write(path, lambda f: f.write(document.encode("utf-8")))
