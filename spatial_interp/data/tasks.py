@@ -232,3 +232,46 @@ def _grid_builder(task: Task, draw: Sequence[Option], boxes: list[list[Box]], k:
                     answer="", direction=direction, orientation=orientation, entities=entities, task="grid",
                     metadata={"k": k, "cells": cells, "layout": "grid", **_geometry_meta(geometry)})
     return build
+
+
+# --------------------------------------------------------------------------- probing (§4)
+
+
+def probing_items(task: Task, geometry: str | CanvasGeometry, orientation: str, *,
+                  font_path: Path | None = None) -> ItemSet:
+    """§4 probing images: every ordered triple in one orientation (120 squares/shapes, 336 objects).
+
+    The prompt is the fixed dummy text the reference gives the processor; labels are the entity slots.
+    """
+    geom = canvas_for(geometry)
+    direction = "left" if orientation == "horizontal" else "above"
+    renderer = Renderer(font_path)
+    builders: list[Callable[[], Item]] = []
+    for triple in itertools.permutations(task.options, 3):
+        item_id = f"{task.name}-probe-{len(builders):05d}"
+        builders.append(_probe_builder(task, triple, direction, geom, renderer, item_id))
+    return ItemSet(builders, name=f"{task.name}-probe-{orientation}")
+
+
+def _probe_builder(task: Task, triple: Sequence[Option], direction: str, geometry: CanvasGeometry,
+                   renderer: Renderer, item_id: str) -> Callable[[], Item]:
+    def build() -> Item:
+        item = three_slot_item(task, triple, direction, geometry, renderer, item_id)
+        item.prompt, item.answer = PROBE_DUMMY_PROMPT, ""
+        item.metadata["layout"] = "probe"
+        return item
+    return build
+
+
+def probe_split(n: int, *, seed: int = 0, train_fraction: float = 0.75) -> tuple[list[int], list[int]]:
+    """Indices of the §4 train/test split: shuffle ``range(n)`` with ``random.Random(seed)``, the first
+    ``floor(train_fraction * n)`` are train (shuffling indices permutes exactly like shuffling the list).
+
+    >>> train, test = probe_split(120)
+    >>> len(train), len(test)
+    (90, 30)
+    """
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    cut = int(train_fraction * n)
+    return order[:cut], order[cut:]

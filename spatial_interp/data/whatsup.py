@@ -217,3 +217,20 @@ def whatsup_pairs(kind: str, images: WhatsUpImages, size: int, *, tokenizer: Any
 
     return build_pairs(kind, make, _whatsup_sampler(pools, n_sides), directions=("left", "right"),
                        n_per_direction=n_per_direction, max_attempts=max_attempts, seed=seed, keep=keep)
+
+
+def whatsup_probing_tuples(images: WhatsUpImages, *, references: Sequence[str] = WHATSUP_REFERENCES,
+                           seed: int = 42, n: int = 120) -> list[tuple[str, str, str]]:
+    """§4 What'sUp probing tuples: every (left, ref, right) of distinct objects with both photos (no
+    token filter), shuffled with ``random.Random(seed)``, the first ``n`` kept."""
+    tuples = [(left, ref, right) for ref in references
+              for left, right in itertools.permutations(images.sides(ref), 2)]
+    random.Random(seed).shuffle(tuples)
+    return tuples[:n]
+
+
+def whatsup_probing_items(images: WhatsUpImages, size: int, **kwargs: Any) -> ItemSet:
+    """Items (composites at the probing canvas size) for :func:`whatsup_probing_tuples`."""
+    tuples = whatsup_probing_tuples(images, **kwargs)
+    return ItemSet([_item_builder(images, t, "left", size, f"whatsup-probe-{i:05d}") for i, t in enumerate(tuples)],
+                   name="whatsup-probe")

@@ -149,3 +149,19 @@ def test_itemset_sequence():
     ent = Entity("red", 0, (0, 0, 28, 28), color="red")
     assert Entity.from_json(ent.to_json()) == ent
     assert isinstance(items[0], Item)
+
+
+def test_probing_items_and_split():
+    from spatial_interp.data.tasks import PROBE_DUMMY_PROMPT, probe_split, probing_items
+
+    items = probing_items(task_for("squares", "gemma3"), "gemma3", "vertical")
+    assert len(items) == 120 and items[0].orientation == "vertical"
+    assert items[0].prompt == PROBE_DUMMY_PROMPT and items[0].answer == ""
+    assert len(probing_items(task_for("objects", "pixtral", drop_bomb=False), "pixtral_3x3", "horizontal")) == 336
+    train, test = probe_split(336)
+    assert (len(train), len(test)) == (252, 84) and sorted(train + test) == list(range(336))
+    import random
+
+    triples = list(range(120))
+    random.Random(0).shuffle(triples)
+    assert probe_split(120)[0] == triples[:90]

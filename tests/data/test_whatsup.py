@@ -165,3 +165,15 @@ def test_strip_bands():
         strip_bands("qwen2_vl", "horizontal", widths=(4, 3, 2))
     with pytest.raises(ValueError):
         strip_bands("llava", "horizontal")
+
+
+def test_probing_tuples(images):
+    from spatial_interp.data.whatsup import whatsup_probing_items, whatsup_probing_tuples
+
+    tuples = whatsup_probing_tuples(images, n=20)
+    assert len(tuples) == 20 and all(t[1] in ("chair", "table") and t[0] != t[2] for t in tuples)
+    assert tuples == whatsup_probing_tuples(images, n=20)
+    total = 9 * 8 + 6 * 5  # chair has 9 two-photo objects, table 6
+    assert len(whatsup_probing_tuples(images, n=1000)) == total
+    items = whatsup_probing_items(images, 24, n=3)
+    assert len(items) == 3 and items[0].image.size == (24, 24)
