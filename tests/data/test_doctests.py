@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["canvas", "palettes", "shapes", "stimuli", "items", "tasks", "pairs", "references", "regions",
-           "prompts", "scoring", "coco", "objects", "whatsup"]
+           "prompts", "scoring", "coco", "objects", "whatsup", "gallery"]
 
 
 @pytest.mark.parametrize("name", MODULES)
