@@ -172,6 +172,8 @@ def coco_prompt(subject: str, obj: str, axis: str, *, style: str = "relative", o
 
 def prompt_style_for(model: str) -> str:
     key = str(model).strip().lower().replace("-", "_").replace(".", "_")
+    if key.startswith("pixtral"):
+        key = "pixtral"
     if key not in COCO_PROMPT_STYLE:
         raise ValueError(f"no COCO prompt style for {model!r}; known: {', '.join(COCO_PROMPT_STYLE)}")
     return COCO_PROMPT_STYLE[key]

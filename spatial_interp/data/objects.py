@@ -10,7 +10,7 @@ the ``L x L`` entity square (aspect ratio kept, centred) and pasted with its alp
 
 Codepoints (:data:`OBJECT_CODEPOINTS`): apple U+1F34E RED APPLE, bell U+1F514 BELL, bomb U+1F4A3 BOMB,
 hat U+1F3A9 TOP HAT, key U+1F511 KEY, orange U+1F34A TANGERINE, pot U+1F372 POT OF FOOD,
-rose U+1F339 ROSE.
+rose U+1F339 ROSE. OpenMoji draws the pot (a steaming bowl) and the bomb in grays only.
 
 Example:
     >>> sprite = object_sprite("apple", 56)   # doctest: +SKIP

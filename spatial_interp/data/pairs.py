@@ -32,6 +32,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .canvas import CanvasGeometry, canvas_for
@@ -42,7 +43,7 @@ from .stimuli import Renderer
 from .tasks import Task, squares_task, three_slot_item
 
 PAIR_KINDS = ("last_token", "criss_cross")
-TUPLE_SIZE = {"last_token": 5, "criss_cross": 3}
+TUPLE_SIZE: MappingProxyType[str, int] = MappingProxyType({"last_token": 5, "criss_cross": 3})
 
 #: ``make_item(slot_names, direction, item_id) -> Item``: builds one image+prompt item.
 ItemMaker = Callable[[Sequence[str], str, str], Item]

@@ -11,18 +11,23 @@ Example:
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 SYSTEM_TEXT = "You are a helpful assistant. You respond in one token."
 
 DIRECTIONS: tuple[str, ...] = ("left", "right", "above", "below")
 
-PREPOSITIONS: dict[str, str] = {
+PREPOSITIONS: MappingProxyType[str, str] = MappingProxyType({
     "left": "to the left of",
     "right": "to the right of",
     "above": "above",
     "below": "below",
-}
+})
+
+_OPPOSITE: MappingProxyType[str, str] = MappingProxyType(
+    {"left": "right", "right": "left", "above": "below", "below": "above"}
+)
 
 
 def _check_direction(direction: str) -> None:
@@ -33,7 +38,7 @@ def _check_direction(direction: str) -> None:
 def opposite(direction: str) -> str:
     """left <-> right, above <-> below."""
     _check_direction(direction)
-    return {"left": "right", "right": "left", "above": "below", "below": "above"}[direction]
+    return _OPPOSITE[direction]
 
 
 def orientation_of(direction: str) -> str:

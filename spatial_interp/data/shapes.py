@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from types import MappingProxyType
 
 from PIL import Image, ImageDraw
 
@@ -79,15 +81,14 @@ def _heart(draw: ImageDraw.ImageDraw, size: int, fill: RGB) -> None:
     draw.polygon(heart_points(size), fill=fill)
 
 
-_DRAWERS = {
+_DRAWERS: MappingProxyType[str, Callable[[ImageDraw.ImageDraw, int, RGB], None]] = MappingProxyType({
     "square": _square,
     "circle": _circle,
     "triangle": _triangle,
     "star": _star,
     "cross": _cross,
     "heart": _heart,
-}
-assert tuple(_DRAWERS) == SHAPES
+})
 
 
 def shape_sprite(shape: str, size: int, color: RGB) -> Image.Image:

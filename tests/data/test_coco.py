@@ -127,3 +127,23 @@ def test_items(records, tmp_path):
     assert table.image.size == (64, 48)
     with pytest.raises(FileNotFoundError, match=r"000000491497\.jpg.*val2017"):
         coco_items(records[:4], tmp_path, model="qwen2_vl")
+
+
+def test_catalog_coco(records, tmp_path):
+    from spatial_interp.data.catalog import system_text_for, task_items
+
+    for r in records:
+        path = coco_image_path(tmp_path, r.image_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            Image.new("RGB", (8, 8)).save(path)
+    ann = tmp_path / "instances_val2017.json"
+    ann.write_text(json.dumps(_instances()))
+    items = task_items("coco", "pixtral_3x3", coco_qa=EXCERPT, coco_dir=tmp_path, coco_annotations=ann)
+    assert len(items) == 40 and items[0].metadata["style"] == "relative"
+    assert items[0].entities[0].box == (0, 0, 50, 40)
+    assert system_text_for("coco") is None and system_text_for("whatsup")
+    with pytest.raises(ValueError, match="coco_qa"):
+        task_items("coco", "qwen2_vl")
+    with pytest.raises(ValueError, match="known tasks"):
+        task_items("clevr", "qwen2_vl")

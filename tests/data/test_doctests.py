@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["canvas", "palettes", "shapes", "stimuli", "items", "tasks", "pairs", "references", "regions",
-           "prompts", "scoring", "coco", "objects", "whatsup", "gallery"]
+           "prompts", "scoring", "coco", "objects", "whatsup", "gallery", "catalog"]
 
 
 @pytest.mark.parametrize("name", MODULES)

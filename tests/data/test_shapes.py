@@ -108,3 +108,12 @@ def test_sprite_alpha_binary_and_colour():
     assert (arr[arr[:, :, 3] == 255][:, :3] == 128).all()
     with pytest.raises(ValueError, match="known shapes"):
         shape_sprite("hexagon", 10, (0, 0, 0))
+
+
+@pytest.mark.parametrize("shape", ["square", "circle", "triangle", "star", "cross", "heart"])
+def test_every_shape_draws(shape):
+    from spatial_interp.data.palettes import SHAPES
+
+    assert shape in SHAPES
+    m = alpha(shape, 32)
+    assert 0.2 * 32 * 32 < m.sum() < 32 * 32

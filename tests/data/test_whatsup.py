@@ -177,3 +177,15 @@ def test_probing_tuples(images):
     assert len(whatsup_probing_tuples(images, n=1000)) == total
     items = whatsup_probing_items(images, 24, n=3)
     assert len(items) == 3 and items[0].image.size == (24, 24)
+
+
+def test_catalog_whatsup(images, hf_tokenizer):
+    from spatial_interp.data.catalog import task_items, whatsup_size_for
+
+    assert [whatsup_size_for(m) for m in ("qwen2_vl", "gemma3", "pixtral", "pixtral_3x3", "llava")] == [
+        336, 896, 512, 512, 336]
+    with pytest.raises(ValueError, match="whatsup_dir"):
+        task_items("whatsup", "qwen2_vl")
+    # the fixture folder lacks some candidate photos (e.g. chair_left_of_table.jpeg)
+    with pytest.raises(FileNotFoundError, match=r"not found: .*chair_left_of_table\.jpeg"):
+        task_items("whatsup", "qwen2_vl", whatsup_dir=images.root, tokenizer=hf_tokenizer)
