@@ -19,9 +19,9 @@ Example:
     >>> len(items), items[0].prompt, items[0].answer
     (480, 'The color of the square to the left of the green square is ', 'red')
     >>> import tempfile, pathlib
-    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "squares"
-    >>> digest = save_dataset(items[:4], folder)
-    >>> list(load_dataset(folder)) == list(items[:4])
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     digest = save_dataset(items[:4], pathlib.Path(tmp) / "squares")
+    ...     list(load_dataset(pathlib.Path(tmp) / "squares")) == list(items[:4])
     True
 """
 

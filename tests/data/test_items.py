@@ -165,3 +165,27 @@ def test_probing_items_and_split():
     triples = list(range(120))
     random.Random(0).shuffle(triples)
     assert probe_split(120)[0] == triples[:90]
+
+
+def test_squares_image_equals_independent_construction():
+    import numpy as np
+
+    # Gemma, "below" for (red, green, blue): vertical slots at token rows 0, 6, 12, cols 6..8 (56-px tokens)
+    item = squares_items("gemma3")[3]
+    expected = np.full((896, 896, 3), 255, dtype=np.uint8)
+    for row_tok, rgb in ((0, (255, 0, 0)), (6, (0, 255, 0)), (12, (0, 0, 255))):
+        expected[row_tok * 56:(row_tok + 3) * 56, 6 * 56:9 * 56] = rgb
+    assert np.array_equal(np.array(item.image), expected)
+
+
+def test_shapes_pixels_pinned():
+    """Regression guard: these change only if the drawing rules or Pillow's rasteriser change."""
+    import hashlib
+
+    sh = shapes_items("qwen2_vl")
+    digest = {i: hashlib.sha256(sh[i].image.tobytes()).hexdigest() for i in (2, 300)}
+    assert sh[300].metadata["triple"] == ["black", "brown", "gray"]  # star, cross, heart
+    assert digest == {
+        2: "0fd242ab76d3f5210b1dec2f49ce16b14a6b2721f56bb8c99fcc9fac765065bd",
+        300: "28db507b7f41214b5b102c4b5050e892c89163c9249acb9b974189599bcfca26",
+    }
