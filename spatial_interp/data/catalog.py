@@ -9,10 +9,11 @@ Example:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .canvas import canvas_for
-from .coco import attach_boxes, coco_items, load_coco_qa, load_instances
+from .coco import QA_FILENAME, attach_boxes, coco_folder_items, coco_items, load_coco_qa, load_instances
 from .items import ItemSet
 from .prompts import SYSTEM_TEXT
 from .tasks import objects_items, shapes_items, squares_items
@@ -40,7 +41,10 @@ def task_items(task: str, model: str, *, tokenizer: Any = None, whatsup_dir: str
     """Items of ``task`` for ``model`` (a canvas preset name).
 
     ``whatsup`` needs ``whatsup_dir`` (and a ``tokenizer`` for the single-token filter); ``coco`` needs
-    ``coco_qa`` (the What'sUp JSON) and ``coco_dir`` (holding ``val2017/``); ``coco_annotations`` adds boxes.
+    ``coco_dir`` (holding ``val2017/``) and ``coco_qa`` (the What'sUp JSON; default
+    ``<coco_dir>/coco_qa_two_obj.json``, with ``<coco_dir>/annotations/instances_val2017.json`` used for
+    boxes when present, see :func:`~spatial_interp.data.coco.coco_folder_items`); ``coco_annotations``
+    adds boxes from another file.
     """
     if task == "squares":
         return squares_items(model)
@@ -53,9 +57,12 @@ def task_items(task: str, model: str, *, tokenizer: Any = None, whatsup_dir: str
             raise ValueError("the whatsup task needs whatsup_dir: the What'sUp controlled_images folder")
         return whatsup_items(WhatsUpImages(whatsup_dir), size or whatsup_size_for(model), tokenizer=tokenizer)
     if task == "coco":
-        if coco_qa is None or coco_dir is None:
-            raise ValueError("the coco task needs coco_qa (coco_qa_two_obj.json) and coco_dir (with val2017/)")
-        records = load_coco_qa(coco_qa)
+        if coco_dir is None:
+            raise ValueError("the coco task needs coco_dir (with val2017/) and coco_qa (coco_qa_two_obj.json, "
+                             "default <coco_dir>/coco_qa_two_obj.json)")
+        if coco_qa is None and coco_annotations is None:
+            return coco_folder_items(coco_dir, model)
+        records = load_coco_qa(coco_qa if coco_qa is not None else Path(coco_dir) / QA_FILENAME)
         if coco_annotations is not None:
             records = attach_boxes(records, load_instances(coco_annotations))
         return coco_items(records, coco_dir, model=model)

@@ -241,3 +241,23 @@ def coco_items(records: Sequence[CocoRecord], coco_dir: str | os.PathLike[str], 
 
 def _coco_builder(record: CocoRecord, coco_dir: str | os.PathLike[str], style: str, order: str) -> Callable[[], Item]:
     return lambda: coco_item(record, coco_dir, style=style, order=order)
+
+
+QA_FILENAME = "coco_qa_two_obj.json"
+ANNOTATIONS_RELPATH = Path("annotations") / "instances_val2017.json"
+
+
+def coco_folder_items(folder: str | os.PathLike[str], model: str, *, orders: Sequence[str] = ("lr", "rl"),
+                      require_files: bool = True) -> ItemSet:
+    """Items from one data folder laid out as::
+
+        <folder>/coco_qa_two_obj.json                   (What'sUp)
+        <folder>/val2017/<image_id:012d>.jpg            (COCO val2017 images)
+        <folder>/annotations/instances_val2017.json     (optional: adds entity boxes)
+    """
+    folder = Path(folder)
+    records = load_coco_qa(folder / QA_FILENAME)
+    annotations = folder / ANNOTATIONS_RELPATH
+    if annotations.is_file():
+        records = attach_boxes(records, load_instances(annotations))
+    return coco_items(records, folder, model=model, orders=orders, require_files=require_files)

@@ -143,7 +143,17 @@ def test_catalog_coco(records, tmp_path):
     assert len(items) == 40 and items[0].metadata["style"] == "relative"
     assert items[0].entities[0].box == (0, 0, 50, 40)
     assert system_text_for("coco") is None and system_text_for("whatsup")
-    with pytest.raises(ValueError, match="coco_qa"):
+    with pytest.raises(ValueError, match="coco_dir"):
         task_items("coco", "qwen2_vl")
+    # one-folder layout: <dir>/coco_qa_two_obj.json, <dir>/val2017/, <dir>/annotations/instances_val2017.json
+    import shutil
+
+    shutil.copy(EXCERPT, tmp_path / "coco_qa_two_obj.json")
+    with_boxes = task_items("coco", "gemma3", coco_dir=tmp_path)
+    assert len(with_boxes) == 40 and with_boxes[0].entities == []  # no annotations/ folder yet
+    (tmp_path / "annotations").mkdir()
+    shutil.copy(ann, tmp_path / "annotations" / "instances_val2017.json")
+    boxed = [it for it in task_items("coco", "gemma3", coco_dir=tmp_path) if it.entities]
+    assert {it.metadata["image_id"] for it in boxed} == {37777}
     with pytest.raises(ValueError, match="known tasks"):
         task_items("clevr", "qwen2_vl")
