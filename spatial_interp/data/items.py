@@ -98,6 +98,11 @@ class Item:
                 return ent
         raise KeyError(f"item {self.id} has no entity in slot {slot}")
 
+    def canvas_geometry(self) -> CanvasGeometry | None:
+        """The synthetic canvas the item was rendered on (from ``metadata["geometry"]``), if any."""
+        geom = self.metadata.get("geometry")
+        return CanvasGeometry(*geom) if geom else None
+
     def manifest_record(self) -> dict[str, Any]:
         """Everything but the image, as JSON-ready data."""
         return {"id": self.id, "prompt": self.prompt, "answer": self.answer, "direction": self.direction,

@@ -189,3 +189,13 @@ def test_shapes_pixels_pinned():
         2: "0fd242ab76d3f5210b1dec2f49ce16b14a6b2721f56bb8c99fcc9fac765065bd",
         300: "28db507b7f41214b5b102c4b5050e892c89163c9249acb9b974189599bcfca26",
     }
+
+
+def test_item_canvas_geometry(tmp_path):
+    item = squares_items("pixtral_3x3")[0]
+    g = item.canvas_geometry()
+    assert g == canvas_for("pixtral_3x3")
+    assert item.entities[1].cells(g) == g.slot_cells(1, "horizontal") and len(item.entities[1].cells(g)) == 9
+    save_dataset([item], tmp_path / "one")
+    assert load_dataset(tmp_path / "one")[0].canvas_geometry() == g
+    assert Item("x", item.image, "", "", "left", "horizontal", [], "t").canvas_geometry() is None
