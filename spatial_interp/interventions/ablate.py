@@ -196,8 +196,10 @@ def ordering_ablation(
 def ablate(
     vlm: VLM,
     items: Sequence[Any],
-    ablation: Ablation,
+    ablation: Ablation | None = None,
     *,
+    references: ReferenceFn | None = None,
+    site: Site = LM_INPUT,
     metric: Any = None,
     batch_size: int = 16,
     system: Any = DEFAULT_SYSTEM,
@@ -205,11 +207,17 @@ def ablate(
 ) -> Any:
     """Run ``items`` with their references written in; returns a labelled ``(item, metric)`` array.
 
-    The default metric is top-1 correctness against each item's answer (Table 5).
+    Give either an :class:`Ablation` or ``references=`` (a function ``(example, layout) -> [Reference]``)
+    with ``site=``. The default metric is top-1 correctness against each item's answer (Table 5).
     """
     from ..results import LabelledArray, provenance
     from .metrics import evaluate, top1
 
+    if (ablation is None) == (references is None):
+        raise ValueError("give exactly one of ablation= or references= (a function (example, layout) -> "
+                         "list[Reference]); e.g. interventions.paper.paper_ablation(vlm.canvas)")
+    if ablation is None:
+        ablation = Ablation(references, site)
     examples = [as_example(i) for i in items]
     if not examples:
         raise ValueError("ablate() needs at least one item")

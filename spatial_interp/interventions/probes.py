@@ -28,7 +28,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ class Probe:
     def fit(
         cls,
         data: ActivationStore | tuple[np.ndarray, np.ndarray, np.ndarray],
-        labels: Labels | None = None,
+        labels: Labels | Mapping[str, Mapping[int, int]] | None = None,
         *,
         site: Any = None,
         method: str = "logreg",
@@ -127,12 +127,20 @@ class Probe:
     ) -> Probe:
         """Fit on a store's ``site`` rows labelled by ``labels(item_id, cell)`` (or on ``(X, y, groups)``).
 
+        ``labels`` may also be a mapping ``{item_id: {cell: class}}``; cells it lacks are skipped.
+
         Items (``groups``) are split with :func:`split_items`; ``probe.report`` holds test accuracy and
         the confusion matrix.
         """
         if isinstance(data, ActivationStore):
+            if site is None and len(data.sites) == 1:
+                site = data.sites[0]
             if labels is None or site is None:
-                raise ValueError("fitting on a store needs site= and labels=(item_id, cell) -> class or None")
+                raise ValueError("fitting on a store needs labels=(item_id, cell) -> class or None, and site= "
+                                 f"when it holds several sites ({', '.join(data.sites)})")
+            if isinstance(labels, Mapping):
+                table = labels
+                labels = lambda item_id, cell: table.get(item_id, {}).get(cell)  # noqa: E731
             X, y, groups = labelled_rows(data, site, labels)
             ids = data.item_ids()
             group_names = [ids[g] for g in range(len(ids))]
