@@ -12,10 +12,18 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .canvas import Cell, canvas_for
+
+
+def _frozen(value: Any) -> Any:
+    """Read-only view of nested dicts (constant tables)."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    return value
 
 
 class CellRange(NamedTuple):
@@ -77,8 +85,8 @@ def strip_bands(model: str, orientation: str, widths: tuple[int, int, int] | Non
 WHATSUP_REFERENCES: tuple[str, ...] = ("chair", "table", "armchair")
 
 #: Hand-made boxes in 64ths of the image: label -> ((row_start, row_end), (col_start, col_end)).
-WHATSUP_PROBING_BOXES_64: MappingProxyType[str, dict[str, tuple[tuple[int, int], tuple[int, int]]]] = (
-    MappingProxyType({
+WHATSUP_PROBING_BOXES_64: Mapping[str, Mapping[str, tuple[tuple[int, int], tuple[int, int]]]] = (
+    _frozen({
         "chair": {"left": ((48, 60), (12, 24)), "middle": ((16, 60), (24, 40)), "right": ((48, 60), (40, 52))},
         "table": {"left": ((40, 60), (8, 16)), "middle": ((20, 60), (16, 48)), "right": ((40, 60), (48, 56))},
         "armchair": {"left": ((52, 60), (8, 20)), "middle": ((24, 60), (20, 44)), "right": ((52, 60), (44, 56))},
@@ -113,7 +121,7 @@ def whatsup_label_box(reference: str, label: str, size: int) -> tuple[int, int, 
 
 _R = CellRange
 #: model -> reference -> {"object": (left, right), "strip": (left, right)} (spec §6 table).
-WHATSUP_CRISS_CROSS: MappingProxyType[str, dict[str, dict[str, tuple[CellRange, CellRange]]]] = MappingProxyType({
+WHATSUP_CRISS_CROSS: Mapping[str, Mapping[str, Mapping[str, tuple[CellRange, CellRange]]]] = _frozen({
     "qwen2_vl": {
         "chair": {"object": (_R((8, 11), (1, 4)), _R((8, 11), (8, 11))), "strip": (_R((0, 12), (0, 4)),
                                                                                    _R((0, 12), (8, 12)))},
@@ -134,7 +142,7 @@ WHATSUP_CRISS_CROSS: MappingProxyType[str, dict[str, dict[str, tuple[CellRange, 
 })
 
 
-def whatsup_criss_cross_regions(model: str, reference: str) -> dict[str, tuple[CellRange, CellRange]]:
+def whatsup_criss_cross_regions(model: str, reference: str) -> Mapping[str, tuple[CellRange, CellRange]]:
     """Hand-labelled (left, right) object and strip regions of §6 for Qwen (12x12) or Gemma (16x16)."""
     key = _key(model)
     if key == "qwen2_5_vl":
