@@ -45,6 +45,11 @@ from .tasks import Task, squares_task, three_slot_item
 PAIR_KINDS = ("last_token", "criss_cross")
 TUPLE_SIZE: MappingProxyType[str, int] = MappingProxyType({"last_token": 5, "criss_cross": 3})
 
+#: Model keys of the reference implementation's ``cf_pairs/<setting>.json`` files, by canvas preset.
+REFERENCE_PAIR_KEYS: MappingProxyType[str, str] = MappingProxyType(
+    {"qwen2_vl": "qwen2-vl-7b", "gemma3": "gemma-3-4b-it", "pixtral": "pixtral-12b", "pixtral_3x3": "pixtral-12b"}
+)
+
 #: ``make_item(slot_names, direction, item_id) -> Item``: builds one image+prompt item.
 ItemMaker = Callable[[Sequence[str], str, str], Item]
 #: ``sampler(rng) -> tuple``: draws one candidate tuple of names.

@@ -114,6 +114,13 @@ def top1_tokens(tokenizer: Any, logits_last: torch.Tensor) -> list[str]:
     return [_decode(tokenizer, [i]) for i in ids]
 
 
+def top1_with_prob(tokenizer: Any, logits_last: torch.Tensor) -> list[tuple[str, float]]:
+    """Decoded argmax token and its softmax probability, per row (Table 1 records both)."""
+    probs = torch.softmax(logits_last.float(), dim=-1)
+    best, ids = probs.max(dim=-1)
+    return [(_decode(tokenizer, [i]), p) for i, p in zip(ids.tolist(), best.tolist(), strict=True)]
+
+
 def top1_correct(tokenizer: Any, logits_last: torch.Tensor, answers: Sequence[str]) -> list[bool]:
     """``normalize(decode(argmax)) == normalize(answer)`` per row (Table 1 scoring)."""
     if logits_last.dim() != 2 or logits_last.shape[0] != len(answers):

@@ -60,6 +60,11 @@ def test_top1_correct(hf_tokenizer):
     assert top1_correct(hf_tokenizer, logits, ["red", "blue", "BLUE"]) == [True, False, True]
     with pytest.raises(ValueError):
         top1_correct(hf_tokenizer, logits, ["red"])
+    from spatial_interp.data.scoring import top1_with_prob
+
+    tok, p = top1_with_prob(hf_tokenizer, logits)[0]
+    n = len(vocab)
+    assert normalize(tok) == "red" and p == pytest.approx(math.exp(3) / (math.exp(3) + (n - 1) * math.exp(-5)))
 
 
 def test_variant_probs_hand_computed():
