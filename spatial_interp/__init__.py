@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import site
 from .geometry import GeometryError, Grid, ImageLayout, Region
+from .interventions import Probe, ablate, collect, patch, steer, sweep
 from .models import VLM, Batch, load
 from .site import Site
 
@@ -18,4 +19,5 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-__all__ = ["VLM", "Batch", "GeometryError", "Grid", "ImageLayout", "Region", "Site", "__version__", "load", "site"]
+__all__ = ["VLM", "Batch", "GeometryError", "Grid", "ImageLayout", "Probe", "Region", "Site", "__version__", "ablate",
+           "collect", "load", "patch", "site", "steer", "sweep"]
