@@ -188,6 +188,8 @@ def as_pair(obj: Any) -> PatchPair:
     answers = _first_attr(obj, _ANSWERS) or ()
     meta = {k: v for k, v in vars(obj).items() if k not in _CLEAN + _SOURCE} if hasattr(obj, "__dict__") else {}
     ident = getattr(obj, "id", None)
+    if ident is None and all(hasattr(obj, a) for a in ("kind", "direction", "index")):
+        ident = f"{obj.kind}-{obj.direction}-{obj.index:03d}"  # data.pairs.Pair names its items this way
     return PatchPair(as_example(clean), as_example(source), tuple(str(a) for a in answers),
                      id=None if ident is None else str(ident), meta=meta)
 
