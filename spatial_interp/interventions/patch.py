@@ -141,7 +141,9 @@ class PreparedChunk:
         self.vlm, self.pairs, self.interventions = vlm, list(pairs), list(interventions)
         self.metric, self.ablation = metric, ablation
         self.system, self.remote = system, remote
-        self.groups = group_forwards(self.interventions, per_forward)
+        reuse = reuses_prefix(self.interventions, remote=remote, reuse_prefix=reuse_prefix, ablation=ablation,
+                              feed_vision=feed_vision)
+        self.groups = group_forwards(self.interventions, per_forward, split_sites=reuse)
         n = len(pairs)
         sources, self.source_at = _unique([p.source for p in pairs])
         batch_a = vlm.prepare([e.image for e in sources], [e.prompt for e in sources], system=system)
@@ -172,7 +174,6 @@ class PreparedChunk:
         # (2) the clean batch: baseline, vision embeddings, residuals at each forward's lowest site.
         lm_only = all(not iv.site.is_vision for iv in interventions)
         self.feed = feed_vision and lm_only and (ablation is None or not ablation.site.is_vision)
-        reuse = (not remote) if reuse_prefix is None else reuse_prefix
         floor = ablation.site.index if ablation is not None and not ablation.site.is_vision else 0
         starts = sorted({self._start(group) for group in self.groups} - {0}) if reuse and self.feed else []
         starts = [m for m in starts if m > floor]
@@ -194,7 +195,8 @@ class PreparedChunk:
         return 0 if any(s.is_vision for s in sites) else min(s.index for s in sites)
 
     def forwards(self, per_forward: int | None = None) -> list[list[int]]:
-        return self.groups if per_forward is None else group_forwards(self.interventions, per_forward)
+        return self.groups if per_forward is None else group_forwards(self.interventions, per_forward,
+                                                                      split_sites=bool(self.prefixes))
 
     def run(self, chosen: Sequence[int]) -> Float[Tensor, "k pairs m"]:
         """One forward: the clean batch stacked ``len(chosen)`` times, replica ``r`` patched by
@@ -226,14 +228,36 @@ class PreparedChunk:
                             for r in range(k)])
 
 
-def group_forwards(interventions: Sequence[Intervention], per_forward: int) -> list[list[int]]:
-    """Intervention indices grouped into forwards of at most ``per_forward``, in order; vision and LM
-    interventions never share a forward (LM ones run on cached vision embeddings)."""
+def group_forwards(interventions: Sequence[Intervention], per_forward: int, *,
+                   split_sites: bool = False) -> list[list[int]]:
+    """Intervention indices grouped into forwards of at most ``per_forward``, in order.
+
+    Vision and LM interventions never share a forward (LM ones run on cached vision embeddings).
+    ``split_sites`` also keeps different LM slots apart: a forward that starts from the cached clean
+    residual must run every layer above its lowest slot, so mixing slots only adds work.
+    """
     groups = []
     for vision in (False, True):
         members = [i for i, iv in enumerate(interventions) if iv.site.is_vision == vision]
-        groups += [members[s:s + per_forward] for s in range(0, len(members), per_forward)]
+        runs: list[list[int]] = []
+        for i in members:
+            key = interventions[i].site.index if split_sites and not vision else None
+            if runs and (key is None or interventions[runs[-1][0]].site.index == key):
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        for run_ in runs:
+            groups += [run_[s:s + per_forward] for s in range(0, len(run_), per_forward)]
     return groups
+
+
+def reuses_prefix(interventions: Sequence[Intervention], *, remote: bool | str = False,
+                  reuse_prefix: bool | None = None, ablation: Ablation | None = None,
+                  feed_vision: bool = True) -> bool:
+    """Whether patched forwards start from cached clean residuals (LM-only work; local unless forced)."""
+    lm_only = all(not iv.site.is_vision for iv in interventions)
+    feed = feed_vision and lm_only and (ablation is None or not ablation.site.is_vision)
+    return feed and ((not remote) if reuse_prefix is None else bool(reuse_prefix))
 
 
 def run_chunk(vlm: VLM, pairs: Sequence[PatchPair], interventions: Sequence[Intervention], metric: Metric, *,

@@ -50,7 +50,7 @@ from ..site import Site
 from .ablate import Ablation
 from .examples import RegionSpec, as_pair
 from .metrics import Metric, default_metric
-from .patch import Intervention, Pairing, PreparedChunk, check_pairing, group_forwards
+from .patch import Intervention, Pairing, PreparedChunk, check_pairing, group_forwards, reuses_prefix
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ def sweep(
     baselines: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     names: list[str] | None = None
     # Every chunk runs the same forwards (one per group), so the plan and progress total are known up front.
-    groups_of = [group_forwards(interventions, per_forward)] * len(chunks)
+    split = reuses_prefix(interventions, remote=remote, reuse_prefix=reuse_prefix, ablation=ablation)
+    groups_of = [group_forwards(interventions, per_forward, split_sites=split)] * len(chunks)
     total = sum(len(groups) + 1 for groups in groups_of)
     bar = tqdm(total=total, desc="sweep", unit="fwd", disable=not progress, dynamic_ncols=True)
     try:
