@@ -9,8 +9,9 @@ The work is the Cartesian product as data: ``interventions = sites × regions`` 
 * then forwards of the clean batch stacked ``k = batch_size // P`` times, replica ``r`` carrying its
   own (site, region): ``k`` interventions per forward. LM-only sweeps splice the cached clean
   vision embeddings in, so the vision tower never runs per intervention, and (locally) start at the
-  forward's lowest patched layer from the cached clean residual: layers below it would recompute
-  exactly that residual.
+  forward's patched layer from the cached clean residual: layers below it would recompute exactly
+  that residual. Such forwards then hold one slot each (its regions, up to ``k``), since mixing slots
+  would only add layers to run.
 
 Each forward's result is written atomically to ``out/chunks/``; a re-run with the same arguments
 skips what exists and recomputes the rest exactly as the first run would have (same batches, same
