@@ -90,19 +90,19 @@ def evaluate(
     """Top-1 accuracy of ``vlm`` on ``items`` (anything with ``image``, ``prompt``, ``answer``, ``direction``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    items = list(items)
-    predictions, probs = [], []
+    # Items are read a batch at a time: lazy item sets render their images only when indexed.
+    ids, answers, directions, predictions, probs = [], [], [], [], []
     for start in tqdm(range(0, len(items), batch_size), desc=f"eval {task}".strip(), disable=not progress,
                       unit="batch"):
-        chunk = items[start:start + batch_size]
+        chunk = [items[i] for i in range(start, min(start + batch_size, len(items)))]
         batch = vlm.prepare([it.image for it in chunk], [it.prompt for it in chunk], system)
         last = vlm.forward(batch)[:, -1].float()
-        p = last.softmax(-1)
         top = last.argmax(-1)
         predictions += [vlm.tokenizer.decode([int(t)]) for t in top]
-        probs += p.gather(-1, top[:, None])[:, 0].tolist()
-    answers = [it.answer for it in items]
+        probs += last.softmax(-1).gather(-1, top[:, None])[:, 0].tolist()
+        ids += [getattr(it, "id", str(start + j)) for j, it in enumerate(chunk)]
+        answers += [it.answer for it in chunk]
+        directions += [getattr(it, "direction", "") for it in chunk]
     correct = [normalize(p) == normalize(a) for p, a in zip(predictions, answers, strict=True)]
     meta = provenance(vlm, seed=seed, config={"task": task, "batch_size": batch_size})
-    return EvalResult(task, vlm.info.name, [getattr(it, "id", str(i)) for i, it in enumerate(items)], answers,
-                      predictions, probs, [getattr(it, "direction", "") for it in items], correct, meta)
+    return EvalResult(task, vlm.info.name, ids, answers, predictions, probs, directions, correct, meta)

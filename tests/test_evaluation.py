@@ -56,3 +56,62 @@ def test_eval_command_writes_json(tmp_path, capsys):
     assert code == 0 and summary["n"] == 8 and len(saved["items"]) == 8
     assert saved["meta"]["model"]["name"] == "tiny-pixtral" and saved["meta"]["config"]["task"] == "squares"
     assert saved["meta"]["package"] == "spatial-interp"
+
+
+def _jpeg(path, color, size=(64, 48)):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format="JPEG")
+
+
+def test_eval_whatsup_end_to_end_from_fixture_photos(tmp_path, capsys):
+    """What'sUp composites from JPEGs in the real naming layout; single-token filter by the model's tokenizer."""
+    from spatial_interp.commands.eval import task_items
+    from spatial_interp.data.whatsup import WHATSUP_CANDIDATES
+
+    root = tmp_path / "controlled_images"
+    for ref, names in WHATSUP_CANDIDATES.items():
+        for k, obj in enumerate(names):
+            for relation in ("left_of", "right_of"):
+                _jpeg(root / f"{obj}_{relation}_{ref}.jpeg", (5 * k % 255, 90, 200))
+    vlm = tiny_model("tiny-qwen2-vl")
+    tok = vlm.tokenizer
+
+    def single(word):  # one known token, plain and Capitalised (the tiny vocabulary maps others to <unk>)
+        pieces = [tok.tokenize(w) for w in (word, word.capitalize())]
+        return all(len(p) == 1 and p[0] != tok.unk_token for p in pieces)
+
+    kept = {ref: [n for n in names if single(n)] for ref, names in WHATSUP_CANDIDATES.items()}
+    assert "toy-cactus" not in kept["chair"] and "mug" in kept["chair"]
+    items = task_items(vlm, "whatsup", root)
+    assert len(items) == sum(2 * len(v) * (len(v) - 1) for v in kept.values())
+    code = main(["eval", "tiny-qwen2-vl", "--task", "whatsup", "--data", str(root), "--no-progress", "--json",
+                 "--limit", "12"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["n"] == 12 and set(summary["per_direction"]) == {"left", "right"}
+
+
+def test_eval_coco_end_to_end_from_fixture_folder(tmp_path, capsys):
+    """The genuine What'sUp COCO excerpt, with generated val2017 images and an instances file."""
+    import shutil
+
+    from spatial_interp.data.coco import load_coco_qa
+
+    excerpt = "tests/data/fixtures/coco_qa_two_obj.excerpt.json"
+    shutil.copy(excerpt, tmp_path / "coco_qa_two_obj.json")
+    records = load_coco_qa(excerpt)
+    for image_id in {r.image_id for r in records}:
+        _jpeg(tmp_path / "val2017" / f"{image_id:012d}.jpg", (120, 120, 120), size=(96, 64))
+    code = main(["eval", "tiny-gemma3", "--task", "coco", "--data", str(tmp_path), "--no-progress", "--json",
+                 "--batch-size", "8"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["n"] == 2 * len(records)  # both option orders (lr, rl)
+    assert summary["meta"]["config"]["task"] == "coco"
+
+
+def test_eval_whatsup_without_data_is_a_clear_error():
+    import pytest
+
+    with pytest.raises(SystemExit, match="needs --data"):
+        main(["eval", "tiny-qwen2-vl", "--task", "whatsup"])

@@ -2,13 +2,14 @@
 
 Tasks: ``squares``, ``shapes``, ``objects`` (synthetic, rendered at the model's own canvas),
 ``whatsup`` (three-object composites from a folder of What'sUp controlled images, ``--data``) and
-``coco`` (What'sUp COCO two-object questions; ``--data`` holds ``coco_qa_two_obj.json``,
-``instances_val2017.json`` and ``val2017/``).
+``coco`` (What'sUp COCO two-object questions, both option orders, no system text; ``--data`` holds
+``coco_qa_two_obj.json``, ``annotations/instances_val2017.json`` and ``val2017/``).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from ._shared import add_model_argument, emit, load_model, model_name
@@ -36,37 +37,34 @@ def add_parser(subparsers, common) -> None:
     parser.set_defaults(run=run)
 
 
-def task_items(vlm, task: str, data: Path | None) -> list:
-    """The items of ``task`` for ``vlm``'s geometry and tokenizer."""
-    from ..data import tasks
+def task_items(vlm, task: str, data: Path | None) -> Sequence:
+    """The items of ``task`` for ``vlm`` (a lazy sequence: images render when an item is read)."""
+    from ..data import catalog, tasks
 
     if task in ("squares", "shapes", "objects"):
-        return list(getattr(tasks, f"{task}_items")(vlm.canvas))
+        return getattr(tasks, f"{task}_items")(vlm.canvas)
     if data is None:
         raise SystemExit(f"eval --task {task} needs --data FOLDER (see `spatial-interp eval --help`)")
     if task == "whatsup":
-        from ..data.whatsup import WhatsUpImages, whatsup_items
-
-        return list(whatsup_items(WhatsUpImages(data), vlm.adapter.native_size[0], tokenizer=vlm.tokenizer))
-    from ..data.coco import coco_items
-
-    return list(coco_items(data, vlm.arch))
+        return catalog.task_items("whatsup", vlm.arch, tokenizer=vlm.tokenizer, whatsup_dir=data)
+    return catalog.task_items("coco", vlm.arch, coco_dir=data)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.catalog import system_text_for
     from ..evaluation import evaluate
 
     vlm = load_model(args)
     try:
         items = task_items(vlm, args.task, args.data)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"eval: {error}") from None
     if args.limit is not None:
-        items = items[: args.limit]
+        items = [items[i] for i in range(min(args.limit, len(items)))]
     if not items:
         raise SystemExit(f"eval: task {args.task} produced no items for {model_name(args)}")
     result = evaluate(vlm, items, task=args.task, batch_size=args.batch_size, progress=not args.no_progress,
-                      seed=args.seed)
+                      seed=args.seed, system=system_text_for(args.task))
     if args.out is not None:
         result.save(args.out)
     summary = result.to_dict()
