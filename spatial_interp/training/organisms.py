@@ -1,0 +1,177 @@
+"""The two organism designs: model config, processor and training recipe per architecture.
+
+Both are the real transformers classes (``Qwen2VLForConditionalGeneration``,
+``Gemma3ForConditionalGeneration``) at a tiny width and depth, with the family's own chat format
+and special tokens and a word-level vocabulary in which every prompt word and answer is one token.
+
+Geometry choices (documented in each model card):
+
+- **Qwen2-VL** keeps the paper's LM geometry: a 336 px canvas gives a 12×12 grid of LM tokens, one
+  per 28 px cell, so the paper's slot token ids and 4/4/4 strips hold. Its processor resizes to at
+  most 168 px and does not merge patches (``merge_size=1``): 12×12 patches of 14 px, one per token.
+  At the real 336 px with a 2×2 merge the vision tower's 576 patches made a step cost ~2.7 s on the
+  shared 2-core machine (≈110 min for 2,500 steps), far over the 30-minute budget.
+- **Gemma-3** keeps the 16×16 LM token grid of the paper's 896 px canvas (56 px cells, entity and
+  spacing 3 cells). Its processor resizes to 224 px and the SigLIP tower sees 16×16 patches of
+  14 px, one per LM token: the projector's average pool is kept but has kernel 1 (the real model:
+  896 px, 64×64 patches pooled 4×4). A 64×64-patch tower (4,096 tokens) or even a 32×32 one pooled
+  2×2 costs 4–16× more attention per image and cannot train within the CPU budget.
+
+Example:
+    >>> from spatial_interp.training.organisms import SPECS
+    >>> SPECS["gemma3"].build_processor().image_processor.size["height"]
+    224
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..models.adapters.gemma3 import gemma_tokenizer
+from ..models.adapters.qwen2_vl import Qwen2VLAdapter, qwen_tokenizer
+from .stimuli import CANVASES, Canvas
+from .vocab import organism_words
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Optimisation settings (identical across restarts; only the seed changes)."""
+
+    batch_size: int = 32
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_steps: int = 1500
+    eval_every: int = 100
+    eval_items: int = 192
+    stop_accuracy: float = 0.995
+    """Stop early once the validation suite (random layouts and held-out orderings) reaches this."""
+    stall_step: int = 600
+    stall_accuracy: float = 0.6
+    """A run whose rolling train accuracy is below this at ``stall_step`` restarts with the next seed."""
+    max_restarts: int = 3
+
+
+@dataclass(frozen=True)
+class OrganismSpec:
+    """Everything needed to build one organism from scratch."""
+
+    arch: str
+    name: str
+    canvas: Canvas
+    recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    dims: dict[str, int] = field(default_factory=dict)
+    train_canvas: Canvas | None = None
+    """Canvas the training scenes are drawn on (default: ``canvas``). Gemma draws its training scenes at
+    half the paper's pixel size (same cells and layouts), since its processor downsamples to 224 px anyway
+    and drawing 896 px canvases dominated the step time; evaluation always uses ``canvas``."""
+
+    @property
+    def data_canvas(self) -> Canvas:
+        return self.train_canvas or self.canvas
+
+    def build_processor(self) -> Any:
+        if self.arch == "qwen2_vl":
+            from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+
+            real = Qwen2VLAdapter().processor(qwen_tokenizer(organism_words()))
+            side = self.dims["image_size"]
+            # The real processor's settings, except: images are resized to at most side x side pixels
+            # and patches are not merged (merge 1), so a 336 px canvas gives 12x12 LM tokens of 28 px.
+            ip = real.image_processor
+            image_processor = Qwen2VLImageProcessor(
+                min_pixels=56 * 56, max_pixels=side * side, image_mean=ip.image_mean, image_std=ip.image_std,
+                patch_size=ip.patch_size, temporal_patch_size=ip.temporal_patch_size, merge_size=self.dims["merge"],
+            )
+            return Qwen2VLProcessor(image_processor=image_processor, tokenizer=real.tokenizer,
+                                    video_processor=real.video_processor, chat_template=real.chat_template)
+        from transformers import Gemma3ImageProcessor, Gemma3Processor
+
+        tokenizer = gemma_tokenizer(organism_words())
+        side = self.dims["image_size"]
+        image_processor = Gemma3ImageProcessor(
+            size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_pan_and_scan=False
+        )
+        return Gemma3Processor(image_processor, tokenizer, chat_template=tokenizer.chat_template,
+                               image_seq_length=256)
+
+    def build_config(self, processor: Any) -> Any:
+        tok = processor.tokenizer
+        ids = tok.convert_tokens_to_ids
+        d = self.dims
+        head_dim = 32
+        if self.arch == "qwen2_vl":
+            from transformers import Qwen2VLConfig
+
+            return Qwen2VLConfig(
+                text_config=dict(
+                    vocab_size=len(tok), hidden_size=d["hidden"], intermediate_size=2 * d["hidden"],
+                    num_hidden_layers=d["layers"], num_attention_heads=d["hidden"] // head_dim,
+                    num_key_value_heads=1, max_position_embeddings=2048, rms_norm_eps=1e-6,
+                    # head_dim 32 → 16 rotary pairs split 4/6/6 over (time, height, width) like the
+                    # real model's 16/24/24 of 64.
+                    rope_parameters={"rope_type": "mrope", "mrope_section": [4, 6, 6], "rope_theta": 10000.0},
+                    bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"),
+                    tie_word_embeddings=False,
+                ),
+                vision_config=dict(depth=d["vision_layers"], embed_dim=d["vision_hidden"], hidden_size=d["hidden"],
+                                   num_heads=d["vision_hidden"] // head_dim, mlp_ratio=2,
+                                   spatial_merge_size=d["merge"]),
+                image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+            )
+        from transformers import Gemma3Config
+
+        return Gemma3Config(
+            text_config=dict(
+                vocab_size=len(tok), hidden_size=d["hidden"], intermediate_size=2 * d["hidden"],
+                num_hidden_layers=d["layers"], num_attention_heads=d["hidden"] // head_dim, num_key_value_heads=1,
+                head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=512,
+                max_position_embeddings=2048,
+                pad_token_id=ids("<pad>"), eos_token_id=ids("<eos>"), bos_token_id=ids("<bos>"),
+            ),
+            vision_config=dict(
+                hidden_size=d["vision_hidden"], intermediate_size=2 * d["vision_hidden"],
+                num_hidden_layers=d["vision_layers"], num_attention_heads=d["vision_hidden"] // head_dim,
+                image_size=d["image_size"], patch_size=14, vision_use_head=False,
+            ),
+            mm_tokens_per_image=256, boi_token_index=ids("<start_of_image>"),
+            eoi_token_index=ids("<end_of_image>"), image_token_index=ids("<image_soft_token>"),
+        )
+
+    def build_model(self, processor: Any, seed: int) -> torch.nn.Module:
+        """A freshly initialised model (deterministic in ``seed``)."""
+        from transformers import AutoModelForImageTextToText
+
+        config = self.build_config(processor)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForImageTextToText.from_config(config)
+            if self.arch == "gemma3":
+                # Gemma-3 initialises its input projection to zeros, so every image would embed
+                # identically and no gradient could tell images apart; give it a scaled Gaussian.
+                weight = model.model.multi_modal_projector.mm_input_projection_weight
+                with torch.no_grad():
+                    weight.normal_(0.0, weight.shape[0] ** -0.5)
+        return model
+
+
+SPECS: dict[str, OrganismSpec] = {
+    "qwen2_vl": OrganismSpec(
+        arch="qwen2_vl", name="qwen2-vl", canvas=CANVASES["qwen2_vl"],
+        recipe=TrainRecipe(max_steps=2500, stall_step=800),
+        dims={"hidden": 64, "layers": 3, "vision_hidden": 64, "vision_layers": 2, "image_size": 168, "merge": 1},
+    ),
+    "gemma3": OrganismSpec(
+        arch="gemma3", name="gemma3", canvas=CANVASES["gemma3"],
+        recipe=TrainRecipe(max_steps=1500, stall_step=700),
+        train_canvas=Canvas(16, 28, 3, 3),
+        dims={"hidden": 64, "layers": 4, "vision_hidden": 32, "vision_layers": 2, "image_size": 224},
+    ),
+}
+"""The shipped organisms' designs, keyed by architecture."""

@@ -1,0 +1,94 @@
+"""The shipped organisms: offline loading, processor round trip, geometry, fast encoder, behaviour."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor
+
+import spatial_interp as si
+from spatial_interp.models.load import ORGANISM_DIR
+from spatial_interp.models.verify import verify_geometry
+from spatial_interp.training.encode import BatchEncoder, render_chat
+from spatial_interp.training.evaluate import evaluate_scenes
+from spatial_interp.training.stimuli import CANVASES, Renderer, random_scene, table1_scenes
+from spatial_interp.training.vocab import COLOURS, OBJECTS, SYSTEM_TEXT
+
+from .conftest import ORGANISMS
+
+
+def test_loads_offline_fast(organism_name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    vlm = si.load(organism_name)
+    assert time.perf_counter() - start < 2.0
+    assert vlm.arch == ("qwen2_vl" if "qwen" in organism_name else "gemma3")
+    assert (ORGANISM_DIR / ORGANISMS[organism_name] / "model.safetensors").stat().st_size <= 20 * 2**20
+
+
+def test_processor_round_trip(organism, organism_name):
+    folder = ORGANISM_DIR / ORGANISMS[organism_name]
+    processor = AutoProcessor.from_pretrained(folder)
+    tok = processor.tokenizer
+    # Every answer word, lower-case and Capitalised, is exactly one known token.
+    for word in [*COLOURS, *OBJECTS]:
+        for variant in (word, word.capitalize()):
+            ids = tok(variant, add_special_tokens=False)["input_ids"]
+            assert len(ids) == 1 and ids[0] != tok.unk_token_id, variant
+    prompt = "The color of the square to the left of the red square is "
+    text = render_chat(processor, prompt)
+    assert SYSTEM_TEXT in text and prompt in text
+    assert text == render_chat(organism.processor, prompt)
+    assert tok.unk_token not in tok.tokenize(text.replace(organism.adapter.image_token, ""))
+
+
+def test_geometry_self_check(organism):
+    assert verify_geometry(organism).passed
+
+
+def test_fast_encoder_matches_processor(organism):
+    canvas = CANVASES[organism.canvas]
+    rng = np.random.default_rng(0)
+    scenes = [random_scene(rng, canvas) for _ in range(3)]
+    renderer = Renderer()
+    images = np.stack([renderer.render(s) for s in scenes])
+    fast = BatchEncoder(organism.processor)(images, [s.prompt for s in scenes])
+    organism.tokenizer.padding_side = "left"
+    real = organism.processor(text=[render_chat(organism.processor, s.prompt) for s in scenes],
+                              images=[[Image.fromarray(i)] for i in images], padding=True, return_tensors="pt")
+    for key, value in real.items():
+        assert torch.allclose(fast[key].float(), value.float(), atol=1e-5), key
+
+
+def test_prepare_path_agrees_with_fast_path(organism):
+    """vlm.prepare (the toolkit's public path) gives the same answers as the training encoder."""
+    canvas = CANVASES[organism.canvas]
+    scenes = table1_scenes("squares", canvas)[::40]
+    renderer = Renderer()
+    texts = [render_chat(organism.processor, s.prompt) for s in scenes]
+    batch = organism.prepare([renderer.image(s) for s in scenes], texts, chat=False)
+    slow = organism.forward(batch)[:, -1].argmax(-1)
+    fast = evaluate_scenes(organism, scenes)
+    assert organism.tokenizer.convert_ids_to_tokens(slow.tolist()) == fast.predictions
+
+
+@pytest.mark.parametrize("task", ["squares", "shapes", "objects"])
+def test_table1_sample_accuracy(organism, task):
+    """A stratified sample of the paper's Table 1 items (every direction); a random model scores ~0."""
+    scenes = table1_scenes(task, CANVASES[organism.canvas])
+    step = max(1, len(scenes) // 48)
+    result = evaluate_scenes(organism, scenes[::step])
+    assert result.accuracy >= 0.9
+
+
+def test_card_metrics_meet_targets(metrics):
+    b = metrics["behaviour"]
+    assert b["heldout_layouts"]["accuracy"] >= 0.97
+    assert b["heldout_orderings"]["accuracy"] >= 0.90
+    for task in ("squares", "shapes", "objects"):
+        assert b["table1"][task]["accuracy"] >= 0.95
+    assert metrics["size_mb"] <= 20
