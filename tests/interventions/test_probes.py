@@ -83,3 +83,16 @@ def test_probe_on_store_heatmap_and_save(chat, tmp_path):
     np.testing.assert_allclose(again.heatmap(store).values, heat.values)
     with pytest.raises(ValueError, match="unknown probe method"):
         Probe.fit(store, labels, site=si.site.vision_out, method="svm")
+
+
+def test_steer_takes_a_probe(chat):
+    from spatial_interp.interventions.metrics import raw_logits
+    from spatial_interp.interventions.steer import steer_logits
+
+    vlm = chat(tiny_model("tiny-qwen2-vl"))
+    rng = np.random.default_rng(0)
+    probe = Probe(rng.normal(size=(vlm.d_model, 2)).astype(np.float32), np.zeros(2, np.float32), ["left", "right"])
+    item = Example(noise((336, 336), 9), PROMPT)
+    by_probe, _, _ = steer_logits(vlm, [item], probe, [2.0], metric=raw_logits())
+    by_tensor, _, _ = steer_logits(vlm, [item], probe.directions, [2.0], metric=raw_logits())
+    torch.testing.assert_close(by_probe, by_tensor)

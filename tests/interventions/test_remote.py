@@ -49,3 +49,16 @@ def test_ablated_patch_round_trip(chat):
     local = patch_logits(vlm, [pair], si.site.lm_resid(2), None, ablation=ablation)
     remote = patch_logits(vlm, [pair], si.site.lm_resid(2), None, ablation=ablation, remote="local")
     torch.testing.assert_close(remote, local, atol=1e-6, rtol=0)
+
+
+def test_collect_round_trip(chat, tmp_path):
+    from spatial_interp.interventions.collect import collect
+
+    vlm = chat(tiny_model("tiny-pixtral"))
+    items = [Example(noise(vlm.adapter.native_size, 630 + i), PROMPT) for i in range(2)]
+    sites = [si.site.vision_out, si.site.lm_resid(1)]
+    local = collect(vlm, items, sites, out=tmp_path / "local", progress=False)
+    remote = collect(vlm, items, sites, out=tmp_path / "remote", progress=False, remote="local")
+    for site in sites:
+        torch.testing.assert_close(torch.from_numpy(remote.dense(site).values),
+                                   torch.from_numpy(local.dense(site).values), atol=1e-6, rtol=0)

@@ -95,3 +95,17 @@ def test_sweep_resumes_bit_identically(chat, tmp_path, monkeypatch):
     assert reloaded.provenance["config"]["sites"] == [str(s) for s in sites]
     with pytest.raises(SweepMismatchError, match="sites"):
         sweep(vlm, pairs, sites[:2], regions, out=tmp_path / "b", **kwargs)
+
+
+def test_each_source_image_runs_once(chat):
+    """Pairs sharing a source image: the source forward holds each distinct image once."""
+    vlm, pairs, regions = _setup(chat, n=3)
+    shared = [PatchPair(p.clean, pairs[0].source, answers=p.answers) for p in pairs]
+    images = []
+    handle = vlm.module(si.site.vision_out).register_forward_hook(
+        lambda module, args, out: images.append(out.shape[0] // 144))
+    try:
+        sweep(vlm, shared, [si.site.lm_resid(1)], regions, pairing="swap", progress=False)
+    finally:
+        handle.remove()
+    assert images == [1, 3]  # one distinct source image, then the three clean images
