@@ -24,6 +24,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from ..site import Site, parse
 from .engine import Read, run
 from .examples import Example, RegionSpec, as_example, resolve_region
 
-STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+STORAGE = MappingProxyType({"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16})
 STORE_FORMAT = "spatial_interp.activation_store/1"
 
 

@@ -169,7 +169,8 @@ class PreparedChunk:
         edits_a = ablation.edits(source_ablation, batch_a.layouts) if ablation is not None else []
         out_a = run(vlm, batch_a, edits_a, reads, remote=remote)
         self.source, self.names = evaluate(metric, out_a.logits[torch.tensor(self.source_at)], pairs)
-        self.source_rows = out_a.reads
+        # Kept off the accelerator: a whole sweep's source rows can outweigh one forward's activations.
+        self.source_rows = [rows.cpu() for rows in out_a.reads]
 
         # (2) the clean batch: baseline, vision embeddings, residuals at each forward's lowest site.
         lm_only = all(not iv.site.is_vision for iv in interventions)
