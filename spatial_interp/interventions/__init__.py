@@ -34,11 +34,11 @@ from .examples import Example, PatchPair, Swap, as_example, as_pair
 from .metrics import answer_probs, logit_diff, top1
 from .patch import Intervention, patch, patch_logits
 from .probes import Probe
-from .steer import amplification_summary, random_directions, steer
+from .steer import amplification, amplification_summary, random_directions, steer
 from .sweep import sweep
 
 __all__ = [
     "Ablation", "ActivationStore", "Example", "Intervention", "PatchPair", "Probe", "Reference", "Swap", "ablate",
-    "amplification_summary", "answer_probs", "as_example", "as_pair", "collect", "logit_diff", "ordering_ablation",
-    "ordering_references", "patch", "patch_logits", "random_directions", "steer", "sweep", "top1",
+    "amplification", "amplification_summary", "answer_probs", "as_example", "as_pair", "collect", "logit_diff",
+    "ordering_ablation", "ordering_references", "patch", "patch_logits", "random_directions", "steer", "sweep", "top1",
 ]

@@ -231,3 +231,40 @@ def amplification_summary(
         row[f"{name}_pct_errors_fixed"] = 100.0 * best_fixed / n_fail if n_fail else 0.0
         row[f"{name}_star_pct_errors_fixed"] = 100.0 * any_fixed / n_fail if n_fail else 0.0
     return row
+
+
+def amplification(
+    vlm: VLM,
+    items: Sequence[Any],
+    directions: Directions,
+    alphas: Sequence[float] = range(16),
+    *,
+    groups: Sequence[str] | None = None,
+    random: Directions | None = None,
+    seed: int = 0,
+    site: Site = LM_INPUT,
+    region: RegionSpec = "image",
+    batch_size: int = 16,
+    system: Any = DEFAULT_SYSTEM,
+    remote: bool | str = False,
+    progress: bool = True,
+) -> tuple[dict[str, Any], LabelledArray, LabelledArray]:
+    """The §8 experiment: steer with the probe's directions and with random ones, then summarise.
+
+    ``random`` defaults to :func:`random_directions` with as many unit Gaussian directions as the
+    probe has, drawn from ``seed`` (the paper's control draws them unseeded; here they are
+    reproducible). Items need answers (top-1 scoring). Returns ``(summary, probe_run, random_run)``.
+    """
+    examples = [as_example(i) for i in items]
+    if not examples or examples[0].answer is None:
+        raise ValueError("amplification() scores top-1 answers: give items with an answer")
+    if random is None:
+        k = _directions_for(directions, examples[0], vlm.d_model).shape[0]
+        random = random_directions(vlm.d_model, k, seed=seed)
+    options = dict(alphas=alphas, site=site, region=region, batch_size=batch_size, system=system,
+                   remote=remote, progress=progress)
+    probe_run = steer(vlm, examples, directions, **options)
+    random_run = steer(vlm, examples, random, **options)
+    summary = amplification_summary(probe_run, random_run, groups)
+    summary["seed"] = seed
+    return summary, probe_run, random_run
