@@ -194,6 +194,18 @@ def as_pair(obj: Any) -> PatchPair:
                      id=None if ident is None else str(ident), meta=meta)
 
 
+def pair_name(obj: Any) -> str:
+    """The name :func:`as_pair` would give ``obj``, without rendering its images when it can."""
+    if isinstance(obj, PatchPair):
+        return obj.name
+    ident = getattr(obj, "id", None)
+    if ident is not None:
+        return str(ident)
+    if all(hasattr(obj, a) for a in ("kind", "direction", "index")):
+        return f"{obj.kind}-{obj.direction}-{obj.index:03d}"
+    return as_pair(obj).name
+
+
 def _first_attr(obj: Any, names: tuple[str, ...]) -> Any:
     for name in names:
         value = getattr(obj, name, None)

@@ -43,7 +43,7 @@ from ..results import LabelledArray, provenance
 from ..site import Site, lm_resid
 from .ablate import Ablation
 from .engine import Edit, Read, repeat_batch, run, vision_feature_reads
-from .examples import Example, PatchPair, RegionSpec, Swap, as_pair, resolve_region
+from .examples import Example, PatchPair, RegionSpec, Swap, as_pair, pair_name, resolve_region
 from .metrics import Metric, default_metric, evaluate, raw_logits
 
 Pairing = Literal["same", "swap"]
@@ -300,18 +300,19 @@ def patch(
     Returns:
         ``(pair, metric)`` array; ``extras["clean"]`` and ``extras["source"]`` hold the unpatched runs.
     """
-    pairs = [as_pair(p) for p in pairs]
+    pairs = list(pairs)  # converted (data pairs rendered) one batch at a time
     if not pairs:
         raise ValueError("patch() needs at least one pair")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    metric = metric if metric is not None else default_metric(vlm, pairs)
+    metric = metric if metric is not None else default_metric(vlm, [as_pair(pairs[0])])
     check_pairing(pairing)
-    chunks = [run_chunk(vlm, pairs[s:s + batch_size], [Intervention(site, region, pairing=pairing)], metric,
-                        per_forward=1, ablation=ablation, system=system, remote=remote)
+    intervention = Intervention(site, region, pairing=pairing)
+    chunks = [run_chunk(vlm, [as_pair(p) for p in pairs[s:s + batch_size]], [intervention], metric, per_forward=1,
+                        ablation=ablation, system=system, remote=remote)
               for s in range(0, len(pairs), batch_size)]
     names = chunks[0].names
-    coords = {"pair": [p.name for p in pairs], "metric": names}
+    coords = {"pair": [pair_name(p) for p in pairs], "metric": names}
     config = {"primitive": "patch", "site": str(site), "pairing": pairing, "batch_size": batch_size,
               "ablation": ablation is not None}
     result = LabelledArray(torch.cat([c.patched[0] for c in chunks]).numpy(), ("pair", "metric"), coords,

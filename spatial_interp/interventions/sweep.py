@@ -49,7 +49,7 @@ from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..results import LabelledArray, provenance, write_json, write_npz
 from ..site import Site
 from .ablate import Ablation
-from .examples import RegionSpec, as_pair
+from .examples import RegionSpec, as_pair, pair_name
 from .metrics import Metric, default_metric
 from .patch import Intervention, Pairing, PreparedChunk, check_pairing, group_forwards, reuses_prefix
 
@@ -115,9 +115,11 @@ def sweep(
     Returns:
         The patched metric; ``extras["clean"]``/``extras["source"]`` hold ``(metric, pair)`` baselines.
     """
-    pairs = [as_pair(p) for p in pairs]
+    # Pairs are converted (and data pairs rendered) one chunk at a time, so memory follows the chunk.
+    pairs = list(pairs)
     if not pairs:
         raise ValueError("sweep() needs at least one pair")
+    pair_names = [pair_name(p) for p in pairs]
     sites = list(sites)
     if not sites:
         raise ValueError("sweep() needs at least one site")
@@ -128,7 +130,7 @@ def sweep(
     if pairs_per_chunk < 1 or batch_size < 1:
         raise ValueError(f"pairs_per_chunk and batch_size must be >= 1, got {pairs_per_chunk}, {batch_size}")
     interventions = plan_interventions(sites, regions, pairing)
-    metric = metric if metric is not None else default_metric(vlm, pairs)
+    metric = metric if metric is not None else default_metric(vlm, [as_pair(pairs[0])])
     per_forward = max(1, batch_size // min(pairs_per_chunk, len(pairs)))
     chunks = [pairs[s:s + pairs_per_chunk] for s in range(0, len(pairs), pairs_per_chunk)]
 
@@ -136,7 +138,7 @@ def sweep(
         "primitive": "sweep", "model": vlm.info.name, "revision": vlm.info.revision, "dtype": str(vlm.dtype),
         "sites": [str(s) for s in sites], "regions": list(regions),
         "pairing": {iv.name: iv.pairing for iv in interventions[: len(regions)]},
-        "pairs": [p.name for p in pairs], "pairs_per_chunk": pairs_per_chunk, "batch_size": batch_size,
+        "pairs": pair_names, "pairs_per_chunk": pairs_per_chunk, "batch_size": batch_size,
         "ablation": ablation is not None, "metric": type(metric).__name__,
     }
     store = _Store(Path(out), config) if out is not None else None
@@ -159,8 +161,8 @@ def sweep(
                     patched[(c, g)] = values
                 bar.update(len(groups) + 1)
                 continue
-            prepared = PreparedChunk(vlm, chunk, interventions, metric, per_forward=per_forward, ablation=ablation,
-                                     system=system, remote=remote, reuse_prefix=reuse_prefix)
+            prepared = PreparedChunk(vlm, [as_pair(p) for p in chunk], interventions, metric, per_forward=per_forward,
+                                     ablation=ablation, system=system, remote=remote, reuse_prefix=reuse_prefix)
             names = prepared.names
             baselines[c] = (prepared.clean.numpy(), prepared.source.numpy())
             if store is not None:
@@ -188,7 +190,7 @@ def sweep(
                 values[i, lo:lo + block.shape[1]] = block[r]
     values = values.reshape(len(sites), len(regions), len(pairs), n_m).transpose(3, 0, 1, 2)
     coords = {"metric": names, "site": [str(s) for s in sites], "region": list(regions),
-              "pair": [p.name for p in pairs]}
+              "pair": pair_names}
     result = LabelledArray(values, ("metric", "site", "region", "pair"), coords,
                            attrs={"pairing": config["pairing"]},
                            provenance=provenance(vlm, seed=seed, config=config))
