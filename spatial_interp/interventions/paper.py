@@ -75,12 +75,17 @@ def paper_ablation(canvas: str, *, background_cap: int | None = None) -> Ablatio
 
     ``background_cap=144`` is the paper notebook's capped variant (only flat ids < 144 are ablated).
     """
-    from ..data.references import EMPTY, ablation_plan, reference_images
+    from ..data.references import EMPTY, ablation_plan, reference_images, reference_key
+
+    rendered: dict[str, Any] = {}  # reference images by key, rendered once per ablation
 
     def references(example: Example, layout: ImageLayout) -> list[Reference]:
         item = _item(example)
         plan = ablation_plan(item, canvas, background_cap=background_cap)
-        images = reference_images(item.entities, canvas)
+        missing = [e for e in item.entities if reference_key(e) not in rendered]
+        if missing or EMPTY not in rendered:
+            rendered.update(reference_images(missing, canvas))
+        images = rendered
         grid = layout.grid
         refs = [Reference(Region.cells(grid, s.cells), Example(images[s.reference], example.prompt),
                           Region.cells(grid, s.reference_cells)) for s in plan.slots]
