@@ -4,14 +4,17 @@
 trades two regions (§6 criss-cross): clean[A_i] ← source[B_i] and clean[B_i] ← source[A_i].
 Works at any vision block, ``vision_out`` or ``lm_resid(s)`` (and ``.last_token``, §5).
 
-How a chunk of pairs runs (shared with :func:`~.sweep.sweep`):
+How a chunk of pairs runs (shared with :func:`~.sweep.sweep`; see :class:`PreparedChunk`):
 
-1. one forward over the distinct images of the chunk (clean and source, each once) reads every
-   source row any intervention needs, the clean ``vision_out`` rows, and both baselines;
-2. forwards of the clean batch stacked ``k`` times along the batch axis, replica ``r`` carrying
-   intervention ``r`` (its own site and region), so ``k`` interventions share one forward. When all
-   of them are at LM sites, the clean vision embeddings from step 1 are spliced in directly and the
-   vision tower does not run again.
+1. one forward over the chunk's distinct source images reads every source row any intervention
+   needs, and the source baseline;
+2. one forward of the clean batch gives the clean baseline, its vision embeddings and (locally)
+   its residual streams;
+3. patched forwards of the clean batch stacked ``k`` times along the batch axis, replica ``r``
+   carrying intervention ``r`` (its own site and region), so ``k`` interventions share one forward.
+   When all of them are at LM sites the clean vision embeddings are spliced in directly (the vision
+   tower does not run again), and a forward patching slot ``s`` starts from the clean ``lm_resid(s)``
+   instead of recomputing layers ``0 … s-1`` (nnsight ``skip``; exact, as nothing below is edited).
 
 Example:
     >>> import spatial_interp as si
