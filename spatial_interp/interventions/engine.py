@@ -109,13 +109,20 @@ def site_rows(layout: ImageLayout, site: Site, region: Any) -> tuple[Tensor | No
     return torch.full_like(positions, layout.batch_index), positions
 
 
+def home_device(vlm: VLM) -> torch.device:
+    """Where plan tensors live: the model's device, or the CPU for a weightless (meta) model that only
+    serves remote traces; the trace body moves them to each activation's device anyway."""
+    device = vlm.device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def _cat(parts: Sequence[Tensor | None]) -> Tensor | None:
     return None if parts[0] is None else torch.cat(list(parts))
 
 
 def _build_plan(vlm: VLM, edits: Sequence[Edit], reads: Sequence[Read]) -> tuple[list, list[tuple[int, int]]]:
     """Group edits and reads by module access, in forward order, as plain tuples of tensors."""
-    device, dtype = vlm.device, vlm.dtype
+    device, dtype = home_device(vlm), vlm.dtype
     steps: dict[tuple[int, int], dict] = {}
     for edit in edits:
         vlm.check_site(edit.site)
@@ -217,7 +224,7 @@ def run(
                              + (f"; got {early[0]}" if early else ""))
         at_m = [i for i, r in enumerate(reads) if r.site.index == m]
         late_reads = [i for i in late_reads if i not in at_m]
-        skip_value = residual.to(device=vlm.device, dtype=vlm.dtype).clone()
+        skip_value = residual.to(device=home_device(vlm), dtype=vlm.dtype).clone()
         pre_plan, pre_slices = _build_plan(vlm, [e for e in edits if e.site.index == m], [reads[i] for i in at_m])
         for _, _, _, flat, ops, read_rows, read_positions in pre_plan:
             _apply_ops(skip_value, ops, flat)
@@ -232,7 +239,7 @@ def run(
         inputs.pop("pixel_values", None)
         sizes = [layout.grid.n_cells for layout in batch.layouts]
         inputs["mm_encoder_outputs"] = vlm.adapter.encoder_outputs(
-            vision_features.to(device=vlm.device, dtype=vlm.dtype), sizes)
+            vision_features.to(device=home_device(vlm), dtype=vlm.dtype), sizes)
 
     envoy = vlm.envoy
     with torch.no_grad(), envoy.trace(**inputs, remote=remote):
@@ -245,17 +252,23 @@ def run(
             value = module.input if from_input else module.output
             if field is not None:
                 value = getattr(value, field)
+            here = value.device  # on NDIF the activations may live elsewhere than the shipped tensors
             for kind, rows, positions, values, w, scaled in ops:
+                positions, values = positions.to(here), values.to(here)
                 # Vision rows are flat over all leading dims; unravel them instead of reshaping, since a
                 # reshape of a non-contiguous output would copy and the write would not reach the model.
-                index = torch.unravel_index(positions, value.shape[:-1]) if flat else (rows, positions)
+                index = torch.unravel_index(positions, value.shape[:-1]) if flat else (rows.to(here), positions)
                 if kind == "set":
                     value[index] = values
                 else:
                     h = value[index]
-                    value[index] = h + values[:, None] * ((h @ scaled.T) @ w)
+                    value[index] = h + values[:, None] * ((h @ scaled.to(here).T) @ w.to(here))
             if read_positions is not None:
-                index = torch.unravel_index(read_positions, value.shape[:-1]) if flat else (read_rows, read_positions)
+                read_positions = read_positions.to(here)
+                if flat:
+                    index = torch.unravel_index(read_positions, value.shape[:-1])
+                else:
+                    index = (read_rows.to(here), read_positions)
                 gathered.append(value[index])
             else:
                 gathered.append(None)
