@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..geometry import Box, GeometryError, ImageLayout, Region
 from ..models.vlm import DEFAULT_SYSTEM, VLM
+from ..results import LabelledArray, provenance
 from ..site import Site, lm_resid
 from .engine import Edit, Read, run
 from .examples import Example, as_example
@@ -204,13 +205,12 @@ def ablate(
     batch_size: int = 16,
     system: Any = DEFAULT_SYSTEM,
     remote: bool | str = False,
-) -> Any:
+) -> LabelledArray:
     """Run ``items`` with their references written in; returns a labelled ``(item, metric)`` array.
 
     Give either an :class:`Ablation` or ``references=`` (a function ``(example, layout) -> [Reference]``)
     with ``site=``. The default metric is top-1 correctness against each item's answer (Table 5).
     """
-    from ..results import LabelledArray, provenance
     from .metrics import evaluate, top1
 
     if (ablation is None) == (references is None):
