@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
 import spatial_interp as si
 from spatial_interp.geometry import Region
 from spatial_interp.interventions.ablate import Ablation, ablate, ablated_logits, ordering_references
 from spatial_interp.interventions.examples import Example, PatchPair, Swap
-from spatial_interp.interventions.patch import patch_logits
+from spatial_interp.interventions.patch import patch, patch_logits
 from tests._models import tiny_model
 from tests.interventions import reference as ref
 from tests.interventions.conftest import PROMPT, noise
@@ -99,3 +100,22 @@ def test_ablate_result_labels(chat):
     items = [Example(noise(vlm.adapter.native_size, 540), PROMPT, id="a", answer="red")]
     result = ablate(vlm, items, ablation)
     assert result.axes == ("item", "metric") and result.coords == {"item": ["a"], "metric": ["top1"]}
+
+
+def test_sweep_under_ablation_equals_patches(chat):
+    from spatial_interp.interventions.sweep import sweep
+
+    vlm = chat(tiny_model("tiny-qwen2-vl"))
+    size = vlm.adapter.native_size
+    pairs = [PatchPair(Example(noise(size, 550 + i), PROMPT), Example(noise(size, 560 + i), PROMPT),
+                       answers=("red", "blue")) for i in range(2)]
+    ablation, _ = _ordering(vlm)
+    grid = vlm.prepare([pairs[0].clean.image], [PROMPT]).layouts[0].grid
+    swap = Swap(Region.rect(grid, (2, 4), (0, 2)), Region.rect(grid, (2, 4), (grid.cols - 2, grid.cols)))
+    sites = [si.site.lm_resid(0), si.site.lm_resid(2)]
+    result = sweep(vlm, pairs, sites, {"object": swap}, pairing="swap", ablation=ablation, batch_size=4,
+                   progress=False)
+    for site in sites:
+        single = patch(vlm, pairs, site, swap, "swap", ablation=ablation)
+        got = result.sel(site=str(site), region="object").transpose("pair", "metric").values
+        np.testing.assert_allclose(got, single.values, atol=1e-6, rtol=0)

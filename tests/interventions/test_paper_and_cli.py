@@ -62,3 +62,9 @@ def test_sweep_command_writes_and_resumes(tmp_path, capsys):
     assert main(argv) == 0  # resumes: everything is on disk already
     capsys.readouterr()
     assert np.array_equal(LabelledArray.load(out / "result").values, first.values)
+    ablated = ["sweep", "tiny-qwen2-vl", "--pairs-per-direction", "1", "--directions", "above", "--regions", "object",
+               "--sites", "lm_resid.1", "--ablate", "capped", "--metric", "top1", "--out", str(tmp_path / "abl"),
+               "--no-progress"]
+    assert main(ablated) == 0
+    assert "lm_resid.1" in capsys.readouterr().out
+    assert LabelledArray.load(tmp_path / "abl" / "result").provenance["config"]["ablation"] is True
