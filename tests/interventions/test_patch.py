@@ -123,3 +123,24 @@ def test_patch_metrics_and_errors(chat):
         patch(vlm, pairs, si.site.lm_resid(1), Region.columns(grid, 0, 4), pairing="swap")
     with pytest.raises(si.site.SiteError):
         patch(vlm, pairs, si.site.lm_resid(99))
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-pixtral"])
+def test_patch_with_padding_and_different_prompts(chat, name):
+    """Left padding shifts positions; each item's own layout must still address its cells."""
+    from tests._models import tiny_model
+
+    vlm = chat(tiny_model(name))
+    size = vlm.adapter.native_size
+    prompts = [PROMPT, "The color is ", "The color of the square above the red square is "]
+    pairs = [PatchPair(Example(noise(size, 900 + i), prompts[i]), Example(noise(size, 910 + i), prompts[(i + 1) % 3]))
+             for i in range(3)]
+    grid = _grid(vlm, pairs[0])
+    region = Region.columns(grid, 0, 3)
+    for site in (si.site.lm_resid(1), si.site.lm_resid(2).last_token):
+        got = patch_logits(vlm, pairs, site, region)
+        cells = None if site.only_last_token else region
+        for j, pair in enumerate(pairs):
+            src = ref.capture(vlm, pair.source.image, pair.source.prompt, site, cells)
+            want = ref.run_with_writes(vlm, pair.clean.image, pair.clean.prompt, [(site, cells, src)])
+            torch.testing.assert_close(got[j], want, atol=1e-5, rtol=0, msg=f"{name} {site} pair {j}")
