@@ -225,7 +225,8 @@ def patch_regions(layout: ImageLayout, scene: Scene) -> dict[str, list[tuple[Reg
 
 def vision_out_patching(vlm: VLM, pairs: list[tuple[Scene, Scene]], runner: SceneRunner, chunk: int = 24
                         ) -> dict[str, dict[str, float]]:
-    """Flip rates (prediction == counterfactual answer) and change rates per patch region at ``vision_out``."""
+    """Flip rates (prediction == counterfactual answer) and change rates (prediction != unpatched clean
+    prediction) per patch region at ``vision_out``."""
     site = sites.vision_out
     counts: dict[str, list[tuple[bool, bool]]] = {}
     for i in range(0, len(pairs), chunk):
@@ -237,6 +238,8 @@ def vision_out_patching(vlm: VLM, pairs: list[tuple[Scene, Scene]], runner: Scen
         clean_acts = capture(vlm, clean_in, [site])[site]
         cf_acts = capture(vlm, cf_in, [site])[site]
         plans = [patch_regions(lay, c) for lay, (c, _) in zip(clean_lay, part, strict=True)]
+        # "changed" is measured against the unpatched clean prediction, so it isolates the patch's effect.
+        clean_preds = _predict(vlm, runner, [c for c, _ in part])
         names = [*plans[0], "clean_to_clean"]
         for name in names:
             dst_rows, values = [], []
@@ -254,8 +257,8 @@ def vision_out_patching(vlm: VLM, pairs: list[tuple[Scene, Scene]], runner: Scen
                 t[rows] = vals.to(t.dtype)
 
             preds = _predict(vlm, runner, [c for c, _ in part], [(site, write)])
-            for (clean, cf), p in zip(part, preds, strict=True):
-                counts.setdefault(name, []).append((norm(p) == norm(cf.answer), norm(p) != norm(clean.answer)))
+            for (_, cf), p, base in zip(part, preds, clean_preds, strict=True):
+                counts.setdefault(name, []).append((norm(p) == norm(cf.answer), p != base))
     return {name: {"flip": float(np.mean([f for f, _ in v])), "changed": float(np.mean([c for _, c in v])),
                    "n": len(v)} for name, v in counts.items()}
 
