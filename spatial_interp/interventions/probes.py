@@ -28,7 +28,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,24 @@ def split_items(items: Sequence[Any], test_fraction: float = 0.25, seed: int = 0
         raise ValueError(f"{len(order)} items cannot be split {1 - test_fraction:.0%}/{test_fraction:.0%} "
                          "with both parts non-empty; collect more items")
     return order[:cut], order[cut:]
+
+
+def slot_labels(items: Iterable[Any], canvas: Any) -> dict[str, dict[int, int]]:
+    """§4 labels from ``data`` items: each entity's cells → its slot (0/1/2); other cells unlabelled.
+
+    ``canvas`` is the data canvas preset (``vlm.canvas``) or a ``CanvasGeometry``. Pass the result as
+    ``labels=`` to :meth:`Probe.fit`.
+    """
+    from ..data.canvas import canvas_for
+
+    geometry = canvas_for(canvas)
+    labels: dict[str, dict[int, int]] = {}
+    for item in items:
+        cells = labels.setdefault(str(item.id), {})
+        for entity in item.entities:
+            for flat in entity.flat_ids(geometry):
+                cells[int(flat)] = int(entity.slot)
+    return labels
 
 
 def labelled_rows(store: ActivationStore, site: Any, labels: Labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

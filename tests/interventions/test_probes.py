@@ -96,3 +96,20 @@ def test_steer_takes_a_probe(chat):
     by_probe, _, _ = steer_logits(vlm, [item], probe, [2.0], metric=raw_logits())
     by_tensor, _, _ = steer_logits(vlm, [item], probe.directions, [2.0], metric=raw_logits())
     torch.testing.assert_close(by_probe, by_tensor)
+
+
+def test_paper_probe_pipeline_on_data_items(chat, tmp_path):
+    """Probing items → collect vision_out → slot labels → the §4 split (same as data.tasks.probe_split)."""
+    from spatial_interp.data.tasks import probe_split, probing_items, task_for
+    from spatial_interp.interventions.probes import slot_labels
+
+    vlm = chat(tiny_model("tiny-qwen2-vl"))
+    items = probing_items(task_for("squares", vlm.canvas), vlm.canvas, "horizontal")[:12]
+    store = collect(vlm, items, [si.site.vision_out], out=tmp_path / "acts", batch_size=6, progress=False)
+    labels = slot_labels(items, vlm.canvas)
+    assert sorted(set(labels[items[0].id].values())) == [0, 1, 2] and len(labels[items[0].id]) == 12
+    probe = Probe.fit(store, labels, method="adamw", classes=["left", "middle", "right"])
+    train, test = probe_split(12)
+    assert probe.train_items == [items[i].id for i in train] and probe.test_items == [items[i].id for i in test]
+    assert probe.report.n_test_rows == 12 * len(test)
+    assert probe.heatmap(store).shape == (3, 12, 12)
