@@ -103,7 +103,9 @@ def sweep(
             for all cells); a single spec is named ``"region"``.
         metric: callback on final-position logits (default: 4-variant answer probabilities).
         pairing: ``"same"``/``"swap"``, or one per region name (e.g. criss-cross object and strip).
-        out: folder for incremental results; re-running with the same arguments resumes there.
+        out: folder for incremental results; re-running with the same arguments resumes there. The
+            resume check compares model, sites, region *names*, pairings, pair names and batching; a
+            region function changed under the same name is not detected, so use a new folder.
         pairs_per_chunk: pairs whose sources are computed together (one forward of their images).
         batch_size: rows per patched forward; ``batch_size // pairs_per_chunk`` interventions share one.
         ablation: ablate clean and source runs first (§7.2).
