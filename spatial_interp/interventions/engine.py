@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import nnsight
 import torch
@@ -101,14 +101,6 @@ def forward_key(site: Site) -> tuple[int, int]:
     return rank, site.index or 0
 
 
-def site_rows(layout: ImageLayout, site: Site, region: Any) -> tuple[Tensor | None, Tensor]:
-    """``(rows, positions)`` index pair of ``region`` of one batch item at ``site`` (see :class:`Edit`)."""
-    positions = layout.indices(region, site)
-    if site.is_vision:
-        return None, positions
-    return torch.full_like(positions, layout.batch_index), positions
-
-
 def home_device(vlm: VLM) -> torch.device:
     """Where plan tensors live: the model's device, or the CPU for a weightless (meta) model that only
     serves remote traces; the trace body moves them to each activation's device anyway."""
@@ -120,7 +112,7 @@ def _cat(parts: Sequence[Tensor | None]) -> Tensor | None:
     return None if parts[0] is None else torch.cat(list(parts))
 
 
-def _build_plan(vlm: VLM, edits: Sequence[Edit], reads: Sequence[Read]) -> tuple[list, list[tuple[int, int]]]:
+def _build_plan(vlm: VLM, edits: Sequence[Edit], reads: Sequence[Read]) -> tuple[list, list[tuple[int, int, int]]]:
     """Group edits and reads by module access, in forward order, as plain tuples of tensors."""
     device, dtype = home_device(vlm), vlm.dtype
     steps: dict[tuple[int, int], dict] = {}
@@ -132,7 +124,8 @@ def _build_plan(vlm: VLM, edits: Sequence[Edit], reads: Sequence[Read]) -> tuple
         steps.setdefault(forward_key(read.site), {"site": read.site, "edits": [], "reads": []})["reads"].append(
             (i, read))
 
-    plan, read_slices = [], [(0, 0)] * len(reads)
+    # For each read: (plan step, start, stop) of its rows in that step's gathered tensor.
+    plan, read_slices = [], [(0, 0, 0)] * len(reads)
     for step_index, key in enumerate(sorted(steps)):
         step = steps[key]
         site: Site = step["site"]
