@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,3 +106,15 @@ def evaluate(
     correct = [normalize(p) == normalize(a) for p, a in zip(predictions, answers, strict=True)]
     meta = provenance(vlm, seed=seed, config={"task": task, "batch_size": batch_size})
     return EvalResult(task, vlm.info.name, ids, answers, predictions, probs, directions, correct, meta)
+
+
+def answers_correctly(vlm: VLM, *, system: Any = DEFAULT_SYSTEM) -> Callable[[Any, Any], bool]:
+    """The paper's pair filter: keep a pair when the model's top-1 is right on both clean and cf items."""
+
+    def keep(clean: Any, cf: Any) -> bool:
+        batch = vlm.prepare([clean.image, cf.image], [clean.prompt, cf.prompt], system)
+        top = vlm.forward(batch)[:, -1].argmax(-1)
+        said = [vlm.tokenizer.decode([int(t)]) for t in top]
+        return all(normalize(s) == normalize(item.answer) for s, item in zip(said, (clean, cf), strict=True))
+
+    return keep
