@@ -86,11 +86,17 @@ def _keep(vlm: VLM, cfg: PaperConfig, ablation: Any = None) -> Callable[[Any, An
     return keep
 
 
-def _subsample(items: Any, limit: int | None, seed: int) -> list[Any]:
-    """All items, or a seeded sample of ``limit`` of them in their original order (every direction kept)."""
+def _subsample(items: Any, limit: int | None, seed: int, group: int = 4) -> list[Any]:
+    """All items, or a seeded sample of about ``limit`` of them, drawn as whole triples.
+
+    The enumerations list each triple's four directions together, so sampling groups of ``group``
+    consecutive items keeps the directions balanced.
+    """
     n = len(items)
-    chosen = range(n) if limit is None or limit >= n else sorted(random.Random(seed).sample(range(n), limit))
-    return [items[i] for i in chosen]
+    if limit is None or limit >= n:
+        return [items[i] for i in range(n)]
+    groups = sorted(random.Random(seed).sample(range(n // group), max(1, -(-limit // group))))
+    return [items[g * group + k] for g in groups for k in range(group)]
 
 
 def _lm_slots(vlm: VLM) -> list[sites.Site]:
