@@ -40,7 +40,8 @@ from .interventions import collect, metrics
 from .interventions.ablate import ablate
 from .interventions.paper import criss_cross_regions, paper_ablation
 from .interventions.probes import Probe, slot_labels
-from .interventions.steer import amplification_summary, random_directions, steer
+from .interventions.steer import amplification as steer_amplification
+from .interventions.steer import random_directions
 from .interventions.sweep import sweep
 from .models.vlm import VLM
 from .report import layer_curves, strip_maps, write_report
@@ -174,10 +175,10 @@ def amplification(vlm: VLM, cfg: PaperConfig, probes: dict[str, Any], task: str 
     def by_axis(table: dict[str, Any]) -> Callable[[Any], Any]:
         return lambda example: table[example.source.orientation]
 
-    kwargs = {"alphas": cfg.alphas, "batch_size": cfg.batch_size, "progress": cfg.progress}
-    probe_run = steer(vlm, items, by_axis(axis), **kwargs)
-    random_run = steer(vlm, items, by_axis(control), **kwargs)
-    return {"summary": amplification_summary(probe_run, random_run), "probe": probe_run, "random": random_run}
+    summary, probe_run, random_run = steer_amplification(
+        vlm, items, by_axis(axis), cfg.alphas, random=by_axis(control), seed=cfg.seed, batch_size=cfg.batch_size,
+        progress=cfg.progress)
+    return {"summary": summary, "probe": probe_run, "random": random_run}
 
 
 def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None) -> dict[str, Any]:

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import site as sites
     from ..data.pairs import criss_cross_pairs
     from ..data.tasks import task_for
+    from ..evaluation import answers_correctly
     from ..interventions import metrics
     from ..interventions.examples import as_pair
     from ..interventions.paper import criss_cross_regions, paper_ablation
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--pairs-per-direction must be >= 1")
     vlm = load_model(args)
     task = task_for(args.task, vlm.canvas)
-    keep = _top1_filter(vlm) if args.filter else None
+    keep = answers_correctly(vlm) if args.filter else None
     pair_set = criss_cross_pairs(task, vlm.canvas, directions=args.directions,
                                  n_per_direction=args.pairs_per_direction, seed=args.seed, keep=keep)
     pairs = [as_pair(p) for p in pair_set]
@@ -98,16 +99,3 @@ def run(args: argparse.Namespace) -> int:
     emit(args, payload, lines)
     return 0
 
-
-def _top1_filter(vlm):
-    """The paper's pair filter: the model's top-1 is the clean answer on clean and the cf answer on cf."""
-    from ..interventions.metrics import top1
-
-    score = top1(vlm.tokenizer)
-
-    def keep(clean, cf) -> bool:
-        batch = vlm.prepare([clean.image, cf.image], [clean.prompt, cf.prompt])
-        logits = vlm.forward(batch)[:, -1]
-        return bool(score(logits, [clean, cf]).all())
-
-    return keep
