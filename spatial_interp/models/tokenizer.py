@@ -37,6 +37,16 @@ PROMPT_WORDS = (
     "person", "bench", "system", "user", "model",
 )
 
+# Jinja that stores the system message's text in ``ns.system``, for families whose format has no
+# system turn and folds the text into the user turn instead (Gemma-3, Pixtral).
+SYSTEM_PRELUDE = (
+    "{% set ns = namespace(system='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% if m['content'] is string %}{% set ns.system = m['content'] %}"
+    "{% else %}{% set ns.system = m['content'][0]['text'] %}{% endif %}"
+    "{% endif %}{% endfor %}"
+)
+
 
 def build_word_tokenizer(
     words: Iterable[str],

@@ -8,17 +8,12 @@ import torch
 from transformers import Gemma3Config, Gemma3ImageProcessor, Gemma3Processor
 
 from ...geometry import Grid, PixelTransform
-from ..tokenizer import PROMPT_WORDS, build_word_tokenizer
+from ..tokenizer import PROMPT_WORDS, SYSTEM_PRELUDE, build_word_tokenizer
 from .base import Adapter, TinySpec
 
 # Gemma's own chat format: no system role, so the system text opens the first user turn; the
 # image is one <start_of_image> that the processor expands into 256 soft tokens.
-CHAT_TEMPLATE = (
-    "{% set ns = namespace(system='') %}"
-    "{% for m in messages %}{% if m['role'] == 'system' %}"
-    "{% if m['content'] is string %}{% set ns.system = m['content'] %}"
-    "{% else %}{% set ns.system = m['content'][0]['text'] %}{% endif %}"
-    "{% endif %}{% endfor %}"
+CHAT_TEMPLATE = SYSTEM_PRELUDE + (
     "{{ bos_token }}"
     "{% for m in messages if m['role'] != 'system' %}"
     "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"

@@ -8,17 +8,12 @@ import torch
 from transformers import LlavaConfig, PixtralImageProcessor, PixtralProcessor
 
 from ...geometry import Grid, PixelTransform
-from ..tokenizer import PROMPT_WORDS, build_word_tokenizer
+from ..tokenizer import PROMPT_WORDS, SYSTEM_PRELUDE, build_word_tokenizer
 from .base import Adapter, TinySpec
 
 # mistral-community/pixtral-12b format: "<s>[INST]...[/INST]", the system text leading the user
 # turn, each image a single [IMG] that the processor expands row by row.
-CHAT_TEMPLATE = (
-    "{% set ns = namespace(system='') %}"
-    "{% for m in messages %}{% if m['role'] == 'system' %}"
-    "{% if m['content'] is string %}{% set ns.system = m['content'] %}"
-    "{% else %}{% set ns.system = m['content'][0]['text'] %}{% endif %}"
-    "{% endif %}{% endfor %}"
+CHAT_TEMPLATE = SYSTEM_PRELUDE + (
     "{{ bos_token }}"
     "{% for m in messages if m['role'] != 'system' %}"
     "{% if m['role'] == 'user' %}[INST]{% if loop.last and ns.system %}{{ ns.system }}\n\n{% endif %}"

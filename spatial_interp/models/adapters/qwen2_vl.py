@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -95,17 +95,24 @@ class Qwen2VLAdapter(Adapter):
     def tokenizer(self, *, real_ids: bool = False):
         return qwen_tokenizer(real_ids=real_ids)
 
+    # Per-family data; Qwen2.5-VL overrides these and nothing else of loading.
+    config_class: ClassVar[type] = Qwen2VLConfig
+    processor_class: ClassVar[type] = Qwen2VLProcessor
+    tiny_vision: ClassVar[dict] = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
+    real_vision: ClassVar[dict] = dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4)
+    real_max_positions: ClassVar[int] = 32768
+
     def tiny(self, seed: int) -> TinySpec:
         tokenizer = self.tokenizer()
         ids = tokenizer.convert_tokens_to_ids
-        config = Qwen2VLConfig(
+        config = self.config_class(
             text_config=dict(
                 vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                 rope_parameters={"rope_type": "mrope", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
                 bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"),
             ),
-            vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2),
+            vision_config=dict(self.tiny_vision),
             image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
             vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
         )
@@ -117,19 +124,19 @@ class Qwen2VLAdapter(Adapter):
             min_pixels=56 * 56, max_pixels=28 * 28 * 16384, image_mean=CLIP_MEAN, image_std=CLIP_STD
         )
         video_processor = Qwen2VLVideoProcessor(image_mean=CLIP_MEAN, image_std=CLIP_STD)
-        return Qwen2VLProcessor(
+        return self.processor_class(
             image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
             chat_template=tokenizer.chat_template,
         )
 
     def meta_config(self) -> Qwen2VLConfig:
-        """Qwen/Qwen2-VL-7B-Instruct."""
-        return Qwen2VLConfig(
+        """The 7B-Instruct checkpoint's config (Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct)."""
+        return self.config_class(
             text_config=dict(
                 vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=self.real_max_positions,
                 rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "mrope", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
             ),
-            vision_config=dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4),
+            vision_config=dict(self.real_vision),
         )
