@@ -213,7 +213,8 @@ def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None) -> dict
     lt = last_token(vlm, cfg, out / "last_token")
     exp["last_token"] = {"n_pairs": len(lt.coords["pair"]), "mean": lt.mean("pair").values.tolist()}
     sections.append(Section("§5 — last-token patching (Fig 3)", f"{len(lt.coords['pair'])} pairs.",
-                            [layer_curves(lt, labels=METRIC_LABELS["last_token"])]))
+                            [layer_curves(lt, labels=METRIC_LABELS["last_token"],
+                                          title="cf final-position residual patched into the clean run")]))
 
     log.info("§6 criss-cross patching")
     cc = criss_cross(vlm, cfg, out / "criss_cross")
