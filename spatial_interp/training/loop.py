@@ -188,10 +188,11 @@ def train(
         stalled = False
         if done:
             break
-        bar = tqdm(total=recipe.max_steps, initial=step, disable=not progress, desc=f"{spec.name} try {attempt}",
+        last_step = recipe.stop_step or recipe.max_steps
+        bar = tqdm(total=last_step, initial=step, disable=not progress, desc=f"{spec.name} try {attempt}",
                    unit="step", dynamic_ncols=True)
         t0 = time.time()
-        while step < recipe.max_steps and not done:
+        while step < last_step and not done:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, recipe)
             enc = batcher.encode(batch_scenes(spec, run_seed, step, recipe.batch_size))
@@ -205,14 +206,14 @@ def train(
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{np.mean(recent):.2f}")
-            if step % recipe.eval_every == 0 or step == recipe.max_steps:
+            if step % recipe.eval_every == 0 or step == last_step:
                 record = {"attempt": attempt, "step": step, "loss": float(loss), "train_acc": float(np.mean(recent)),
                           "seconds": elapsed + time.time() - t0}
                 record.update({k: accuracy(model, batcher, v) for k, v in val_sets.items()})
                 history.append(record)
                 log.info("%s", json.dumps(record))
                 bar.write(json.dumps(record))
-                done = step == recipe.max_steps or all(record[k] >= recipe.stop_accuracy for k in val_sets)
+                done = step == last_step or all(record[k] >= recipe.stop_accuracy for k in val_sets)
                 atomic_torch_save({"done": done, "spec": _spec_record(spec, seed), "attempt": attempt, "step": step,
                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "recent": list(recent), "history": history,

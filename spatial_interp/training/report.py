@@ -70,7 +70,10 @@ def ship_folder(src: Path, dst: Path) -> None:
     try:
         for name in keep:
             if (src / name).is_file():
-                shutil.copy2(src / name, tmp / name)
+                shutil.copyfile(src / name, tmp / name)
+                # Package data must be world-readable (mkstemp/safetensors create owner-only files).
+                (tmp / name).chmod(0o644)
+        tmp.chmod(0o755)
         old = dst.parent / f".{dst.name}.old"
         if dst.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -118,6 +121,10 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
             "per LM token (the real model: 336 px, 24×24 patches merged 2×2). At 336 px the vision tower's 576 "
             "patches made a step cost 2.7 s on the shared 2-core machine (2,500 steps ≈ 110 min), far over the "
             "30-minute budget; this keeps every LM-side coordinate of the paper and cuts the vision tower 4×.",
+            f"- LM M-RoPE theta {d.get('rope_theta', 10000)} (real: 1e6): M-RoPE gives the width section the "
+            "lowest rotary frequencies, which at theta 1e4 turn < 0.04 rad across 12 columns, so a tiny LM cannot "
+            "tell left from right by position; at 100 they turn up to ~0.7 rad (this checkpoint learned "
+            "above/below before left/right; a theta-10 run learned neither faster).",
         ]
     else:
         lines += [
@@ -135,20 +142,26 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
         "",
         "## Training",
         "",
-        "- Data: streamed random-layout scenes — three entities ordered along the query axis, positions jittered "
-        "along and across the axis with sub-cell pixel offsets, entity size ×0.75–1.1, both orientations, "
-        "15% of scenes in the paper's exact aligned layout. Tasks uniform over Squares / Shapes / Objects, "
-        "directions uniform. Pools: 16 colours (the paper's 6 + 10), 6 shapes with any colour, 24 OpenMoji "
-        "objects (the paper's 8 + 16). 15% of ordered triples (fixed hash, `training.vocab.is_heldout`) never "
-        "appear in training.",
+        "- Data: streamed random-layout scenes — three entities ordered along the query axis at random gaps and "
+        "margins, a random row (column) shared by the three up to ±10% of their size, sub-cell pixel offsets, "
+        "entity size ×0.75–1.1, both orientations, 15% of scenes in the paper's exact aligned layout. Tasks "
+        "uniform over Squares / Shapes / Objects, directions uniform. Pools: 16 colours (the paper's 6 + 10), "
+        "6 shapes with any colour, 16 OpenMoji objects (the paper's 8 + 8). 15% of ordered triples (fixed "
+        "hash, `training.vocab.is_heldout`) never appear in training.",
+        "- Stimuli are drawn by `spatial_interp.training.stimuli`; its fixed-layout Squares and Shapes images are "
+        "pixel-identical to `spatial_interp.data`'s, its OpenMoji objects differ only in resampling at the "
+        "glyph edges (both Table 1 renderings are scored below).",
         "- Prompts: the paper's Table 1 wording and system text, in the family's chat format; cross-entropy on "
         "the answer token only (the Capitalised answer word).",
         f"- AdamW lr {r.lr} (warm-up {r.warmup_steps}, cosine to {r.min_lr_ratio}×), weight decay "
-        f"{r.weight_decay}, batch {r.batch_size}, up to {r.max_steps} steps, early stop when both validation "
+        f"{r.weight_decay}, batch {r.batch_size}, a {r.max_steps}-step schedule"
+        + (f" stopped at step {r.stop_step}" if r.stop_step else "")
+        + ", early stop when both validation "
         f"sets reach {_pct(r.stop_accuracy)}; a run below {_pct(r.stall_accuracy)} train accuracy at step "
         f"{r.stall_step} restarts with the next seed.",
         f"- This checkpoint: {t.get('steps')} steps, restart {t.get('attempt')} (seed {t.get('seed')}), "
-        f"{t.get('seconds', 0) / 60:.1f} min on {t.get('threads')} CPU threads.",
+        f"{t.get('seconds', 0) / 60:.1f} min wall clock with {t.get('threads')} torch thread(s) on a 2-core machine "
+        "shared with other jobs.",
         f"- Reproduce: `python experiments/train_organism.py --arch {spec.arch} --ship`.",
         "",
         "## Measured accuracy",
@@ -181,7 +194,11 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
             lines.append(f"| {s} | {_pct(acc)} | {_pct(m['slot_probe']['v'][s])} |")
         lines += ["", f"Patching at `vision_out` on {m['n_pairs']} criss-cross pairs (clean Table 1 item, "
                   "counterfactual = reversed triple with the same prompt, both answered correctly). *flip* = the "
-                  "answer becomes the counterfactual's; *changed* = the answer is no longer the clean one.", "",
+                  "answer becomes the counterfactual's; *changed* = the answer differs from the unpatched clean "
+                  "run's. `_same` copies each cell from the same cell of the counterfactual; `_swap` (the paper's "
+                  "criss-cross) copies the left/top region from the counterfactual's right/bottom one and vice "
+                  "versa, so identities stay where they were and only the tokens' context changes. Strips are the "
+                  "outer two of the authors' three-band tiling.", "",
                   "| patched region | flip | changed |", "|---|---|---|"]
         for name, v in m["patching"].items():
             lines.append(f"| {name} | {_pct(v['flip'])} | {_pct(v['changed'])} |")

@@ -182,7 +182,7 @@ class LayoutConfig:
 
     scale: tuple[float, float] = (0.75, 1.1)
     min_gap: float = 0.2
-    across_jitter: float = 0.5
+    across_jitter: float = 0.1
     p_paper_layout: float = 0.15
 
 
