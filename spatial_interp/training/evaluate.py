@@ -8,8 +8,9 @@ Example:
     >>> from spatial_interp.training.evaluate import evaluate_scenes
     >>> from spatial_interp.training.stimuli import CANVASES, table1_scenes
     >>> vlm = si.load("organism-qwen2-vl")
-    >>> evaluate_scenes(vlm, table1_scenes("squares", CANVASES["qwen2_vl"])[:8]).accuracy
-    1.0
+    >>> result = evaluate_scenes(vlm, table1_scenes("squares", CANVASES["qwen2_vl"])[2::4][:8])  # "above" items
+    >>> len(result.predictions), 0.0 <= result.accuracy <= 1.0
+    (8, True)
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """Finish a trained organism: evaluate it, measure its mechanism, write metrics and the model card, ship it.
 
 Example:
+    >>> import json
+    >>> from spatial_interp.models.load import ORGANISM_DIR
+    >>> from spatial_interp.training import SPECS
     >>> from spatial_interp.training.report import model_card
-    >>> "Measured mechanism" in model_card(SPECS["qwen2_vl"], {"size_mb": 1.0}, {}, {})  # doctest: +SKIP
+    >>> metrics = json.loads((ORGANISM_DIR / "qwen2-vl" / "metrics.json").read_text())
+    >>> "## Measured mechanism" in model_card(SPECS["qwen2_vl"], metrics, {})
     True
 """
 
