@@ -198,7 +198,10 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
         row = b.get("table1", {}).get(task, {})
         if row:
             lines.append(f"| Table 1 {task} (paper's fixed layout) | {_pct(row['accuracy'])} | {row['n']} |")
-    for task, row in b.get("table1_toolkit", {}).items():
+    for task in ("squares", "shapes", "objects"):
+        row = b.get("table1_toolkit", {}).get(task)
+        if row is None:
+            continue
         lines.append(f"| Table 1 {task} via `spatial_interp.data` items + `vlm.prepare` | {_pct(row['accuracy'])} "
                      f"| {row['n']} |")
     for key, label in (("table1_heldout_orderings", "Table 1 items with held-out orderings"),
@@ -208,14 +211,19 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
             lines.append(f"| {label} | {_pct(b[key]['accuracy'])} | {b[key]['n']} |")
     if b.get("table1"):
         lines += ["", "Table 1 by direction: " + "; ".join(
-            f"{task}: " + ", ".join(f"{k} {_pct(v)}" for k, v in b["table1"][task]["by_direction"].items())
+            f"{task}: " + ", ".join(f"{k} {_pct(b['table1'][task]['by_direction'][k])}"
+                                    for k in ("left", "right", "above", "below"))
             for task in ("squares", "shapes", "objects"))]
     if m:
         lines += ["", "## Measured mechanism", "",
                   f"Slot probe (3-class logistic regression on entity cells; {m['slot_probe']['n_train_images']} "
                   f"training and {m['slot_probe']['n_test_images']} held-out random-layout images per orientation):",
                   "", "| site | horizontal | vertical |", "|---|---|---|"]
-        for s, acc in m["slot_probe"]["h"].items():
+        def site_order(name: str) -> int:
+            return -1 if name == "vision_out" else int(name.split(".")[1])
+
+        for s in sorted(m["slot_probe"]["h"], key=site_order):
+            acc = m["slot_probe"]["h"][s]
             lines.append(f"| {s} | {_pct(acc)} | {_pct(m['slot_probe']['v'][s])} |")
         lines += ["", f"Patching at `vision_out` on {m['n_pairs']} criss-cross pairs (clean Table 1 item, "
                   "counterfactual = reversed triple with the same prompt, both answered correctly). *flip* = the "
@@ -225,9 +233,11 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
                   "versa, so identities stay where they were and only the tokens' context changes. Strips are the "
                   "outer two of the authors' three-band tiling.", "",
                   "| patched region | flip | changed |", "|---|---|---|"]
-        for name, v in m["patching"].items():
+        order = ["clean_to_clean", "all", "objects_same", "strips_same", "background", "objects_swap", "strips_swap"]
+        for name in sorted(m["patching"], key=lambda n: order.index(n) if n in order else len(order)):
+            v = m["patching"][name]
             lines.append(f"| {name} | {_pct(v['flip'])} | {_pct(v['changed'])} |")
-        amp = m["amplification"]
+        amp = {kind: {a: v[a] for a in sorted(v, key=float)} for kind, v in m["amplification"].items()}
         lines += ["", f"Amplifying the lm_resid.0 slot-probe directions at every image position "
                   f"(h ← h + α Σ_k proj_k(h), spec §8.3) on {m['n_amplify_items']} Table 1 items:", "",
                   "| α | " + " | ".join(amp["probe"]) + " |", "|---|" + "---|" * len(amp["probe"]),
