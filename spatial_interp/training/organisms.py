@@ -178,7 +178,7 @@ class OrganismSpec:
 SPECS: dict[str, OrganismSpec] = {
     "qwen2_vl": OrganismSpec(
         arch="qwen2_vl", name="qwen2-vl", canvas=CANVASES["qwen2_vl"],
-        recipe=TrainRecipe(max_steps=1800, stall_step=1200, stall_accuracy=0.3, stop_step=1200),
+        recipe=TrainRecipe(max_steps=1800, stall_step=1200, stall_accuracy=0.3),
         dims={"hidden": 64, "layers": 3, "vision_hidden": 64, "vision_layers": 2, "image_size": 168, "merge": 1,
               "init_milli": 100, "rope_theta": 100},
     ),
