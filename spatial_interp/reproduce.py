@@ -68,7 +68,8 @@ class PaperConfig:
     probe_method: str = "logreg"  # paper: "adamw" (full batch, 200 epochs)
     alphas: tuple[float, ...] = tuple(range(16))
     amplify_items: int = 96
-    eval_limit: int | None = None
+    eval_limit: int | None = None  # paper: every item
+    ablation_limit: int | None = 96  # items per task under the ablation (paper: every item)
     batch_size: int = 32
     seed: int = 0
     progress: bool = True
@@ -156,7 +157,9 @@ def ordering_ablation(vlm: VLM, cfg: PaperConfig) -> dict[str, dict[str, float]]
     for variant, cap in (("full", None), ("capped", 144)):
         ablation = paper_ablation(vlm.canvas, background_cap=cap)
         for task in cfg.tasks:
-            chosen = _subsample(getattr(data_tasks, f"{task}_items")(vlm.canvas), cfg.eval_limit, cfg.seed)
+            limits = [n for n in (cfg.eval_limit, cfg.ablation_limit) if n is not None]
+            limit = min(limits) if limits else None
+            chosen = _subsample(getattr(data_tasks, f"{task}_items")(vlm.canvas), limit, cfg.seed)
             correct = ablate(vlm, chosen, ablation, batch_size=cfg.batch_size)
             table.setdefault(variant, {})[task] = float(correct.values.mean())
     return table

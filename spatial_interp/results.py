@@ -52,6 +52,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binar
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates the file 0600; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -44,8 +44,8 @@ def add_parser(subparsers, common) -> None:
 def config_from(args: argparse.Namespace):
     from ..reproduce import PaperConfig
 
-    base = PaperConfig(pairs_per_direction=50, max_attempts=2000, probe_method="adamw") if args.paper_sizes \
-        else PaperConfig()
+    base = PaperConfig(pairs_per_direction=50, max_attempts=2000, probe_method="adamw", ablation_limit=None) \
+        if args.paper_sizes else PaperConfig()
     given = {"pairs_per_direction": args.pairs_per_direction, "probe_method": args.probe_method,
              "alphas": tuple(args.alphas) if args.alphas else None, "amplify_items": args.amplify_items,
              "eval_limit": args.limit, "batch_size": args.batch_size}
