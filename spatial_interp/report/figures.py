@@ -56,7 +56,8 @@ def layer_curves(result: LabelledArray, *, region: str | None = None, metrics: S
         fig.add_trace(go.Scatter(x=sites, y=mean, mode="lines+markers", name=name, line={"color": color},
                                  legendgroup=name, error_y=None))
     fig.update_layout(title=title or (f"patching {region}" if region else ""), xaxis_title="residual slot",
-                      yaxis_title="probability (4 spelling variants summed)", yaxis_rangemode="tozero", template="plotly_white", hovermode="x unified")
+                      yaxis_title="probability (4 spelling variants summed)", yaxis_rangemode="tozero",
+                      template="plotly_white", hovermode="x unified")
     return fig
 
 
