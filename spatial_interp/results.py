@@ -249,22 +249,21 @@ class LabelledArray:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``PATH.json`` and ``PATH.npz`` (each atomically); returns ``PATH.json``."""
-        base = _base(path)
+        meta_path, data_path = artifact_paths(path, ".npz")
         arrays = {"values": self.values}
         extras = {}
         for name, extra in self.extras.items():
             arrays[f"extra.{name}"] = extra.values
             extras[name] = {**extra._header(), "attrs": extra.attrs}
-        write_npz(base.with_name(base.name + ".npz"), arrays)
+        write_npz(data_path, arrays)
         meta = {"format": FORMAT, **self._header(), "attrs": self.attrs, "provenance": self.provenance,
                 "extras": extras}
-        return write_json(base.with_name(base.name + ".json"), meta)
+        return write_json(meta_path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LabelledArray:
         """Read an array written by :meth:`save` (give ``PATH``, ``PATH.json`` or ``PATH.npz``)."""
-        base = _base(path)
-        meta_path, data_path = base.with_name(base.name + ".json"), base.with_name(base.name + ".npz")
+        meta_path, data_path = artifact_paths(path, ".npz")
         if not meta_path.is_file() or not data_path.is_file():
             raise FileNotFoundError(f"need both {meta_path} and {data_path}; was the result saved there?")
         meta = json.loads(meta_path.read_text())
@@ -280,9 +279,11 @@ class LabelledArray:
                    extras)
 
 
-def _base(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    return path.with_suffix("") if path.suffix in (".json", ".npz") else path
+def artifact_paths(path: str | os.PathLike, data_suffix: str) -> tuple[Path, Path]:
+    """``(PATH.json, PATH<data_suffix>)`` of a two-file artifact, given ``PATH`` or either file's name."""
+    base = Path(path)
+    base = base.with_suffix("") if base.suffix in (".json", data_suffix) else base
+    return base.with_name(base.name + ".json"), base.with_name(base.name + data_suffix)
 
 
 def _plain(value: Any) -> Coord:

@@ -38,7 +38,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..results import LabelledArray, atomic_write, write_json
+from ..results import LabelledArray, artifact_paths, atomic_write, write_json
 from .collect import ActivationStore
 
 Labels = Callable[[str, int], int | None]
@@ -253,23 +253,20 @@ class Probe:
         """``PATH.safetensors`` (W, b) and ``PATH.json`` (classes, site, split, report); returns the JSON path."""
         from safetensors.numpy import save as to_bytes
 
-        base = Path(path)
-        base = base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
+        meta_path, weights = artifact_paths(path, ".safetensors")
         blob = to_bytes({"W": np.ascontiguousarray(self.W, dtype=np.float32),
                          "b": np.ascontiguousarray(self.b, dtype=np.float32)})
-        atomic_write(base.with_name(base.name + ".safetensors"), lambda f: f.write(blob))
+        atomic_write(weights, lambda f: f.write(blob))
         meta = {"format": PROBE_FORMAT, "classes": self.classes, "site": self.site, "method": self.method,
                 "train_items": self.train_items, "test_items": self.test_items, "config": self.config,
                 "report": self.report.to_dict() if self.report else None}
-        return write_json(base.with_name(base.name + ".json"), meta)
+        return write_json(meta_path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Probe:
         from safetensors.numpy import load_file
 
-        base = Path(path)
-        base = base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
-        meta_path, weights = base.with_name(base.name + ".json"), base.with_name(base.name + ".safetensors")
+        meta_path, weights = artifact_paths(path, ".safetensors")
         if not meta_path.is_file() or not weights.is_file():
             raise FileNotFoundError(f"need both {meta_path} and {weights}")
         meta = json.loads(meta_path.read_text())
