@@ -112,9 +112,9 @@ class Region:
         return cls.rect(grid, (start, stop), (0, grid.cols))
 
     @classmethod
-    def box(cls, layout: ImageLayout, box: Box) -> Region:
+    def box(cls, layout: ImageLayout, box: Box, *, centres: bool = False) -> Region:
         """Cells touched by a pixel box of the original image (see :meth:`ImageLayout.box_to_cells`)."""
-        return layout.box_to_cells(box)
+        return layout.box_to_cells(box, centres=centres)
 
     # algebra ------------------------------------------------------------------------------------
     def _same_grid(self, other: Region) -> None:
@@ -250,10 +250,12 @@ class ImageLayout:
             return self.vision_out_rows[flat]
         return self.vision_block_rows[flat].reshape(-1)
 
-    def box_to_cells(self, box: Box) -> Region:
+    def box_to_cells(self, box: Box, *, centres: bool = False) -> Region:
         """Cells touched by a half-open pixel box of the original image.
 
         The box goes through the processor's own resize/crop; cells the crop removed are dropped.
+        ``centres=True`` keeps only the cells whose centre lies in the box (the cells it mostly
+        covers): then boxes that do not overlap never share a cell, even off the cell grid.
         """
         x0, y0, x1, y1 = box
         w, h = self.image_size
@@ -262,6 +264,11 @@ class ImageLayout:
         if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
             raise GeometryError(f"box {box} lies outside the {w}x{h} image (valid: 0 <= x0 < x1 <= {w}, "
                                 f"0 <= y0 < y1 <= {h})")
+        if centres:
+            xs = [(b[0] + b[2]) / 2 for b in (self.cell_box(0, c) for c in range(self.grid.cols))]
+            ys = [(b[1] + b[3]) / 2 for b in (self.cell_box(r, 0) for r in range(self.grid.rows))]
+            return Region.cells(self.grid, [(r, c) for r, y in enumerate(ys) if y0 <= y < y1
+                                            for c, x in enumerate(xs) if x0 <= x < x1])
         px0, py0 = self.transform.apply(x0, y0)
         px1, py1 = self.transform.apply(x1, y1)
         c0 = max(0, math.floor(px0 / self.cell_px + 1e-9))

@@ -31,7 +31,7 @@ Patching strips on a tiny model (runs offline in seconds)::
 from .ablate import Ablation, Reference, ablate, ordering_ablation, ordering_references
 from .collect import ActivationStore, collect
 from .examples import Example, PatchPair, Swap, as_example, as_pair
-from .metrics import answer_probs, logit_diff, top1
+from .metrics import answer_probs, logit_diff, top1, top_token
 from .patch import Intervention, patch, patch_logits
 from .probes import Probe
 from .steer import amplification, amplification_summary, random_directions, steer
@@ -41,4 +41,5 @@ __all__ = [
     "Ablation", "ActivationStore", "Example", "Intervention", "PatchPair", "Probe", "Reference", "Swap", "ablate",
     "amplification", "amplification_summary", "answer_probs", "as_example", "as_pair", "collect", "logit_diff",
     "ordering_ablation", "ordering_references", "patch", "patch_logits", "random_directions", "steer", "sweep", "top1",
+    "top_token",
 ]

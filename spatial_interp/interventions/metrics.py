@@ -119,6 +119,17 @@ class top1:  # noqa: N801
         return torch.tensor(out)[:, None]
 
 
+class top_token:  # noqa: N801
+    """The argmax token id (as a float, exact below 2**24): compare runs token for token, e.g. whether a
+    patch changed the prediction at all, where :class:`top1` only compares normalised answers."""
+
+    def names(self, owners: Sequence[Any]) -> list[str]:
+        return ["top_token"]
+
+    def __call__(self, logits: Float[Tensor, "n vocab"], owners: Sequence[Any]) -> Float[Tensor, "n 1"]:
+        return logits.argmax(-1).float()[:, None]
+
+
 class logit_diff:  # noqa: N801
     """``logit[answer a] − logit[answer b]`` with each answer's first (lowercase) variant id."""
 

@@ -136,6 +136,7 @@ class Probe:
         method: str = "logreg",
         classes: Sequence[str] | None = None,
         test_fraction: float = 0.25,
+        test_items: Sequence[Any] | None = None,
         seed: int = 0,
         epochs: int = 200,
         lr: float = 1e-3,
@@ -147,8 +148,9 @@ class Probe:
 
         ``labels`` may also be a mapping ``{item_id: {cell: class}}``; cells it lacks are skipped.
 
-        Items (``groups``) are split with :func:`split_items`; ``probe.report`` holds test accuracy and
-        the confusion matrix.
+        Items (``groups``) are split with :func:`split_items`, or held out as named by ``test_items``
+        (store item ids, or ``groups`` values) with every other item trained on; ``probe.report``
+        holds test accuracy and the confusion matrix.
         """
         if isinstance(data, ActivationStore):
             if site is None and len(data.sites) == 1:
@@ -170,7 +172,17 @@ class Probe:
         classes = list(classes) if classes is not None else [str(k) for k in range(n_classes)]
         if y.min() < 0 or y.max() >= n_classes:
             raise ValueError(f"labels must be class indices 0..{n_classes - 1}, got {y.min()}..{y.max()}")
-        train_groups, test_groups = split_items(sorted(set(groups.tolist())), test_fraction, seed)
+        name = (lambda g: group_names[g]) if group_names is not None else (lambda g: int(g))
+        every_group = sorted(set(groups.tolist()))
+        if test_items is None:
+            train_groups, test_groups = split_items(every_group, test_fraction, seed)
+        else:
+            held = set(test_items)
+            test_groups = [g for g in every_group if name(g) in held]
+            train_groups = [g for g in every_group if name(g) not in held]
+            if not test_groups or not train_groups:
+                raise ValueError(f"test_items leave {len(train_groups)} training and {len(test_groups)} test "
+                                 "items with labelled rows; both must be non-empty")
         train = np.isin(groups, train_groups)
         test = np.isin(groups, test_groups)
         if method == "logreg":
@@ -180,11 +192,10 @@ class Probe:
                                     seed=seed)
         else:
             raise ValueError(f"unknown probe method {method!r}; use 'logreg' or 'adamw'")
-        name = (lambda g: group_names[g]) if group_names is not None else (lambda g: int(g))
         probe = cls(W, b, classes, None if site is None else str(site), method,
                     [name(g) for g in train_groups], [name(g) for g in test_groups],
-                    config={"test_fraction": test_fraction, "seed": seed, "epochs": epochs, "lr": lr,
-                            "weight_decay": weight_decay, "C": C})
+                    config={"test_fraction": None if test_items is not None else test_fraction, "seed": seed,
+                            "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "C": C})
         probe.report = probe.evaluate(X[test], y[test])
         probe.report.train_loss = loss
         return probe

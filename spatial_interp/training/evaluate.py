@@ -75,14 +75,6 @@ class SceneRunner:
         inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
         return inputs
 
-    def layouts(self, scenes: Sequence[Scene], inputs: dict[str, torch.Tensor]) -> list[Any]:
-        """The toolkit's :class:`ImageLayout` of each item (which rows of each stream hold which cells)."""
-        from PIL import Image
-
-        sizes = [Image.new("RGB", (s.canvas.size, s.canvas.size)) for s in scenes]
-        cpu = {k: v.cpu() for k, v in inputs.items()}
-        return self.vlm.adapter.layouts(cpu, sizes, self.vlm.processor, self.vlm.config)
-
 
 @torch.no_grad()
 def evaluate_scenes(vlm: VLM, scenes: Sequence[Scene], *, batch_size: int = 48, progress: bool = False,

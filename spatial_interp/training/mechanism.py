@@ -1,143 +1,138 @@
 """Measured mechanism of an organism: slot probes, vision_out patching, probe-direction amplification.
 
-These are the organism's scientific sanity numbers (issue 5, item 5). They use plain PyTorch
-hooks on the modules the adapter names for each site (``VLM.module(site)``), and the toolkit's
-:class:`~spatial_interp.geometry.ImageLayout` for every row index, so they exercise the same
-geometry the interventions package uses.
+These are the organism's scientific sanity numbers (issue 5, item 5), measured with the toolkit's
+own primitives (``collect`` + ``Probe``, ``sweep``/``patch`` with the paper's regions, ``steer``'s
+amplification) on the training package's scenes, which :class:`SceneItem` presents as items.
 
 - **Slot probe**: a 3-class logistic regression (slot 0/1/2 along the query axis) on the cells of
-  each entity, fitted on random-layout training images and scored on held-out images, at
-  ``vision_out`` and every ``lm_resid`` slot.
+  each entity (the cells whose centre its box covers), fitted on random-layout training images and
+  scored on held-out images, at ``vision_out`` and every ``lm_resid`` slot.
 - **Patching at vision_out** on criss-cross pairs (clean = Table 1 item, counterfactual = the
   reversed triple, same prompt; pairs kept when both are answered correctly): the counterfactual's
-  ``vision_out`` rows are written into the clean run over a region, and we count answers that
-  flip to the counterfactual answer. ``same`` pairing copies each cell from the same cell;
-  ``swap`` pairing (the paper's criss-cross) copies the left/top region from the right/bottom
-  one and vice versa, so identities stay put and only the tokens' context changes.
+  ``vision_out`` rows are written into the clean run over a region. *flip* = the prediction is the
+  counterfactual answer; *changed* = the predicted token differs from the unpatched clean run's.
+  ``same`` pairing copies each cell from the same cell; ``swap`` pairing (the paper's criss-cross)
+  copies the left/top region from the right/bottom one and vice versa, so identities stay put and
+  only the tokens' context changes. ``clean_to_clean`` patches the clean run into itself.
 - **Amplification**: ``h ← h + α Σ_k (⟨h, w_k⟩ / ‖w_k‖²) w_k`` at every image position of
-  ``lm_resid(0)`` with the slot probe's class directions ``w_k`` (spec §8.3), against a random
-  direction of the same shape.
+  ``lm_resid(0)`` with the ``lm_resid(0)`` slot probe's class directions ``w_k`` (spec §8.3), against
+  random directions with the same norms; top-1 accuracy per α.
 
 Example:
     >>> import spatial_interp as si
-    >>> from spatial_interp.training.mechanism import measure_mechanism
+    >>> from spatial_interp.interventions import as_example
+    >>> from spatial_interp.training.mechanism import SceneItem, measure_mechanism
+    >>> from spatial_interp.training.stimuli import CANVASES, paper_scene
+    >>> item = SceneItem(paper_scene("squares", ("red", "green", "blue"), "left", CANVASES["qwen2_vl"]), "0")
+    >>> as_example(item).answer, item.orientation, as_example(item).image.size
+    ('red', 'horizontal', (336, 336))
     >>> report = measure_mechanism(si.load("organism-qwen2-vl"), n_probe_train=60, n_probe_test=20,
-    ...                            n_pairs=24)  # doctest: +SKIP
+    ...                            n_pairs=24, n_amplify=48, alphas=(0, 4))  # doctest: +SKIP
     >>> report["patching"]["clean_to_clean"]["changed"]  # doctest: +SKIP
     0.0
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import dataclasses
+import functools
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from sklearn.linear_model import LogisticRegression
-from torch import Tensor
+from PIL import Image
 
 from .. import site as sites
 from ..geometry import ImageLayout, Region
+from ..interventions import PatchPair, Probe, collect, patch, sweep
+from ..interventions.examples import Example
+from ..interventions.metrics import combine, top1, top_token
+from ..interventions.paper import object_swap, strip_swap
+from ..interventions.steer import amplification as steer_amplification
+from ..interventions.steer import random_directions
 from ..models.vlm import VLM
+from ..results import LabelledArray
 from ..site import Site
-from .evaluate import SceneRunner, norm
-from .stimuli import CANVASES, Canvas, Scene, random_scene, table1_scenes
+from .evaluate import SceneRunner, evaluate_scenes
+from .stimuli import CANVASES, Canvas, Entity, Renderer, Scene, random_scene, table1_scenes
 from .vocab import TASKS
 
-STRIP_BANDS = {12: (4, 4, 4), 16: (5, 6, 5), 15: (5, 5, 5)}
-"""The authors' three-band strip tiling per grid size (spec §6)."""
+_RENDERER = Renderer()
 
 
-# --- hooks --------------------------------------------------------------------------------------
-def _hidden_of(output: Any) -> Tensor:
-    return output[0] if isinstance(output, tuple) else output
+# --- scenes as toolkit items --------------------------------------------------------------------
+@dataclass(frozen=True)
+class SceneItem:
+    """A :class:`Scene` read like a ``spatial_interp.data`` item, by ``as_example`` and the paper's region
+    functions. The image is rendered on each access, so long item lists stay small."""
+
+    scene: Scene
+    id: str
+
+    @property
+    def image(self) -> Image.Image:
+        return _RENDERER.image(self.scene)
+
+    @property
+    def prompt(self) -> str:
+        return self.scene.prompt
+
+    @property
+    def answer(self) -> str:
+        return self.scene.answer
+
+    @property
+    def orientation(self) -> str:
+        return "horizontal" if self.scene.orientation == "h" else "vertical"
+
+    @property
+    def entities(self) -> tuple[Entity, Entity, Entity]:
+        return self.scene.entities
+
+    def entity_in_slot(self, slot: int) -> Entity:
+        return self.scene.entities[slot]
 
 
-@contextlib.contextmanager
-def hooked(vlm: VLM, site: Site, fn: Callable[[Tensor], None]) -> Iterator[None]:
-    """Call ``fn`` on the live activation at ``site`` during forwards (in-place edits intervene).
+@dataclass(frozen=True)
+class ScenePair:
+    """A clean item and the counterfactual patched into it, read by ``as_pair``; ``answers`` = (clean, cf)."""
 
-    ``vision_out`` gives the flattened ``(rows, d)`` view; ``lm_resid`` gives ``(batch, pos, d)``.
-    """
-    module = vlm.module(site)
-    if vlm.reads_input(site):
-        def pre(mod, args, kwargs):
-            fn(args[0] if args else kwargs["hidden_states"])
-
-        handle = module.register_forward_pre_hook(pre, with_kwargs=True)
-    elif site.kind == "vision_out":
-        def post(mod, args, output):
-            fn(vlm.adapter.flatten_vision(vlm.adapter.vision_out_tensor(output)))
-
-        handle = module.register_forward_hook(post)
-    else:
-        def post_lm(mod, args, output):
-            fn(_hidden_of(output))
-
-        handle = module.register_forward_hook(post_lm)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-@torch.no_grad()
-def run(vlm: VLM, inputs: dict[str, Tensor], edits: Sequence[tuple[Site, Callable[[Tensor], None]]] = (),
-        ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One forward with ``edits`` applied; returns final-position logits."""
-    with contextlib.ExitStack() as stack:
-        for s, fn in edits:
-            stack.enter_context(hooked(vlm, s, fn))
-        logits = vlm.model(**inputs, logits_to_keep=1).logits[:, -1]
-    return logits, {}
-
-
-@torch.no_grad()
-def capture(vlm: VLM, inputs: dict[str, Tensor], capture_sites: Sequence[Site]) -> dict[Site, Tensor]:
-    """Activations at several sites in one forward (detached copies)."""
-    saved: dict[Site, Tensor] = {}
-
-    def keeper(s: Site) -> Callable[[Tensor], None]:
-        def keep(t: Tensor) -> None:
-            saved[s] = t.detach().clone()
-        return keep
-
-    run(vlm, inputs, [(s, keeper(s)) for s in capture_sites])
-    return saved
-
-
-def _rows(layout: ImageLayout, region: Region | None, site: Site) -> Tensor:
-    return layout.indices(region, site)
-
-
-def _gather(acts: Tensor, layout: ImageLayout, region: Region | None, site: Site) -> Tensor:
-    idx = _rows(layout, region, site)
-    return acts[idx] if site.kind != "lm_resid" else acts[layout.batch_index, idx]
+    clean: SceneItem
+    cf: SceneItem
+    answers: tuple[str, str]
+    id: str
 
 
 # --- regions ------------------------------------------------------------------------------------
-def entity_cells(layout: ImageLayout, box: tuple[int, int, int, int]) -> Region:
-    """Cells whose centre lies inside an entity's pixel box (the cells the entity mostly covers)."""
-    x0, y0, x1, y1 = box
-    cells = []
-    for r in range(layout.grid.rows):
-        for c in range(layout.grid.cols):
-            bx0, by0, bx1, by1 = layout.cell_box(r, c)
-            cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
-            if x0 <= cx < x1 and y0 <= cy < y1:
-                cells.append((r, c))
-    return Region.cells(layout.grid, cells)
+def entity_cells(owner: Any, layout: ImageLayout, *, centres: bool = False) -> list[Region]:
+    """Each entity's cells in slot order, for a SceneItem (or an Example / PatchPair made from one)."""
+    item = owner.clean if isinstance(owner, PatchPair) else owner
+    item = item.source if isinstance(item, Example) else item
+    return [layout.box_to_cells(e.box, centres=centres) for e in item.entities]
 
 
-def strip_regions(layout: ImageLayout, orientation: str) -> tuple[Region, Region]:
-    """The first and last of the three bands tiling the grid across the query axis (spec §6)."""
-    g = layout.grid
-    n = g.cols if orientation == "h" else g.rows
-    a, m, _ = STRIP_BANDS.get(n, (n // 3, n - 2 * (n // 3), n // 3))
-    make = Region.columns if orientation == "h" else Region.rows
-    return make(g, 0, a), make(g, a + m, n)
+def objects(owner: Any, layout: ImageLayout, *, centres: bool = False) -> Region:
+    first, middle, last = entity_cells(owner, layout, centres=centres)
+    return first | middle | last
+
+
+def background(owner: Any, layout: ImageLayout) -> Region:
+    return objects(owner, layout).background()
+
+
+def patch_regions(vlm: VLM) -> dict[str, tuple[Any, str]]:
+    """``{name: (region function, pairing)}`` of the vision_out patches (Table 1 boxes are cell-aligned,
+    so the touched cells the paper's helpers use are the entities' cells)."""
+    strips = strip_swap(vlm.canvas)
+
+    def strips_both(owner: Any, layout: ImageLayout) -> Region:
+        swap = strips(owner, layout)
+        return swap.a | swap.b
+
+    return {"all": (None, "same"), "objects_same": (objects, "same"), "objects_swap": (object_swap, "swap"),
+            "strips_same": (strips_both, "same"), "strips_swap": (strips, "swap"), "background": (background, "same")}
 
 
 # --- probes -------------------------------------------------------------------------------------
@@ -145,182 +140,108 @@ def probe_sites(vlm: VLM) -> list[Site]:
     return [sites.vision_out, *[sites.lm_resid(s) for s in range(vlm.n_lm_layers + 1)]]
 
 
-def _probe_data(vlm: VLM, runner: SceneRunner, scenes: list[Scene], chunk: int = 32
-                ) -> dict[Site, tuple[np.ndarray, np.ndarray]]:
-    feats: dict[Site, list[Tensor]] = {s: [] for s in probe_sites(vlm)}
-    labels: list[int] = []
-    for i in range(0, len(scenes), chunk):
-        part = scenes[i:i + chunk]
-        inputs = runner.inputs(part)
-        layouts = runner.layouts(part, inputs)
-        acts = capture(vlm, inputs, probe_sites(vlm))
-        for scene, layout in zip(part, layouts, strict=True):
-            for slot, ent in enumerate(scene.entities):
-                region = entity_cells(layout, ent.box)
-                for s in feats:
-                    feats[s].append(_gather(acts[s], layout, region, s).float().cpu())
-                labels.extend([slot] * len(region))
-    y = np.array(labels)
-    return {s: (torch.cat(v).numpy(), y) for s, v in feats.items()}
-
-
 def fit_slot_probes(vlm: VLM, orientation: str, *, n_train: int = 240, n_test: int = 80, seed: int = 7,
-                    runner: SceneRunner | None = None) -> dict[str, Any]:
-    """Slot-probe accuracy per site on held-out random-layout images of one orientation."""
-    runner = runner or SceneRunner(vlm)
+                    batch_size: int = 32) -> dict[str, Any]:
+    """Slot-probe accuracy per site on held-out random-layout images of one orientation (``"h"``/``"v"``)."""
     canvas = CANVASES[vlm.canvas]
     direction = "left" if orientation == "h" else "above"
     rng = np.random.default_rng([seed, 0 if orientation == "h" else 1])
-    scenes = [random_scene(rng, canvas, task=TASKS[i % 3], direction=direction) for i in range(n_train + n_test)]
-    train = _probe_data(vlm, runner, scenes[:n_train])
-    test = _probe_data(vlm, runner, scenes[n_train:])
-    accuracy, probes = {}, {}
-    for s in probe_sites(vlm):
-        clf = LogisticRegression(max_iter=3000, C=1.0)
-        clf.fit(*train[s])
-        accuracy[str(s)] = float(clf.score(*test[s]))
-        probes[str(s)] = clf
-    return {"accuracy": accuracy, "probes": probes, "n_train_images": n_train, "n_test_images": n_test}
+    items = [SceneItem(random_scene(rng, canvas, task=TASKS[i % 3], direction=direction), f"{orientation}{i}")
+             for i in range(n_train + n_test)]
+    # Every scene is drawn on the same canvas, so one image's layout maps every scene's boxes to cells.
+    layout = vlm.prepare([items[0].image], [items[0].prompt]).layouts[0]
+    labels = {item.id: {int(f): slot for slot, cells in enumerate(entity_cells(item, layout, centres=True))
+                        for f in cells.flat} for item in items}
+    held_out = [item.id for item in items[n_train:]]
+    with tempfile.TemporaryDirectory() as folder:
+        store = collect(vlm, items, probe_sites(vlm), functools.partial(objects, centres=True), out=folder,
+                        batch_size=batch_size, progress=False)
+        probes = {str(s): Probe.fit(store, labels, site=s, test_items=held_out, max_iter=3000)
+                  for s in probe_sites(vlm)}
+    return {"accuracy": {s: p.report.accuracy for s, p in probes.items()}, "probes": probes,
+            "n_train_images": n_train, "n_test_images": n_test}
 
 
 # --- patching -----------------------------------------------------------------------------------
-def criss_cross_pairs(vlm: VLM, runner: SceneRunner, canvas: Canvas, n_pairs: int, seed: int = 0
-                      ) -> list[tuple[Scene, Scene]]:
+def table1_pool(canvas: Canvas) -> list[Scene]:
+    return [s for t in TASKS for s in table1_scenes(t, canvas)]
+
+
+def criss_cross_pairs(vlm: VLM, canvas: Canvas, n_pairs: int, seed: int = 0) -> list[ScenePair]:
     """Table 1 items with their reversed-triple counterfactual, kept when both are answered correctly."""
-    rng = np.random.default_rng(seed)
-    pool = [s for t in TASKS for s in table1_scenes(t, canvas)]
-    order = rng.permutation(len(pool))
-    pairs: list[tuple[Scene, Scene]] = []
+    pool = table1_pool(canvas)
+    order = np.random.default_rng(seed).permutation(len(pool)).tolist()
+    runner = SceneRunner(vlm)  # one encoder for every round: it caches each prompt's token rows
+    pairs: list[ScenePair] = []
     for start in range(0, len(order), 64):
-        cand = [(pool[i], pool[i].reversed()) for i in order[start:start + 64]]
-        flat = [s for pair in cand for s in pair]
-        preds = _predict(vlm, runner, flat)
-        for k, (clean, cf) in enumerate(cand):
-            if norm(preds[2 * k]) == norm(clean.answer) and norm(preds[2 * k + 1]) == norm(cf.answer):
-                pairs.append((clean, cf))
+        chosen = order[start:start + 64]
+        # Scored with the training encoder (same inputs as vlm.prepare, tests/organism/test_shipped.py): the
+        # search renders hundreds of candidates, and the processor's per-image path is slow at 896 px (Gemma).
+        scored = evaluate_scenes(vlm, [s for i in chosen for s in (pool[i], pool[i].reversed())],
+                                 batch_size=2 * len(chosen), runner=runner)
+        pairs += [ScenePair(SceneItem(pool[i], f"{i}"), SceneItem(pool[i].reversed(), f"{i}-cf"),
+                            (pool[i].answer, pool[i].reversed().answer), f"{i}")
+                  for i, both in zip(chosen, scored.correct.reshape(-1, 2).all(1), strict=True) if both]
         if len(pairs) >= n_pairs:
             break
     return pairs[:n_pairs]
 
 
-def _predict(vlm: VLM, runner: SceneRunner, scenes: Sequence[Scene], edits=()) -> list[str]:
-    logits, _ = run(vlm, runner.inputs(scenes), edits)
-    return vlm.tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
+def vision_out_patching(vlm: VLM, pairs: Sequence[ScenePair], batch_size: int = 24) -> dict[str, dict[str, float]]:
+    """Flip and change rates per patch region at ``vision_out`` (see the module docstring)."""
+    metric = combine({"flip": top1(vlm.tokenizer, which=1), "token": top_token()})
+    plan = patch_regions(vlm)
+    swept = sweep(vlm, pairs, [sites.vision_out], {name: spec for name, (spec, _) in plan.items()}, metric,
+                  pairing={name: pairing for name, (_, pairing) in plan.items()}, pairs_per_chunk=batch_size,
+                  batch_size=2 * batch_size, progress=False)
+    unpatched = swept.extras["clean"].sel(metric="token.top_token").values
 
+    def rates(patched: LabelledArray) -> dict[str, float]:
+        return {"flip": float(np.mean(patched.sel(metric="flip.top1").values, dtype=float)),
+                "changed": float(np.mean(patched.sel(metric="token.top_token").values != unpatched)),
+                "n": len(pairs)}
 
-def patch_regions(layout: ImageLayout, scene: Scene) -> dict[str, list[tuple[Region, Region]]]:
-    """Named patches as (clean region ← counterfactual region) lists, cells aligned row-major."""
-    slots = [entity_cells(layout, e.box) for e in scene.entities]
-    objects = slots[0] | slots[1] | slots[2]
-    a, b = strip_regions(layout, scene.orientation)
-    everything = Region.all(layout.grid)
-    return {
-        "all": [(everything, everything)],
-        "objects_same": [(objects, objects)],
-        "objects_swap": [(slots[0], slots[2]), (slots[2], slots[0])],
-        "strips_same": [(a | b, a | b)],
-        "strips_swap": [(a, b), (b, a)],
-        "background": [(everything - objects, everything - objects)],
-    }
-
-
-def vision_out_patching(vlm: VLM, pairs: list[tuple[Scene, Scene]], runner: SceneRunner, chunk: int = 24
-                        ) -> dict[str, dict[str, float]]:
-    """Flip rates (prediction == counterfactual answer) and change rates (prediction != unpatched clean
-    prediction) per patch region at ``vision_out``."""
-    site = sites.vision_out
-    counts: dict[str, list[tuple[bool, bool]]] = {}
-    for i in range(0, len(pairs), chunk):
-        part = pairs[i:i + chunk]
-        clean_in = runner.inputs([c for c, _ in part])
-        cf_in = runner.inputs([f for _, f in part])
-        clean_lay = runner.layouts([c for c, _ in part], clean_in)
-        cf_lay = runner.layouts([f for _, f in part], cf_in)
-        clean_acts = capture(vlm, clean_in, [site])[site]
-        cf_acts = capture(vlm, cf_in, [site])[site]
-        plans = [patch_regions(lay, c) for lay, (c, _) in zip(clean_lay, part, strict=True)]
-        # "changed" is measured against the unpatched clean prediction, so it isolates the patch's effect.
-        clean_preds = _predict(vlm, runner, [c for c, _ in part])
-        names = [*plans[0], "clean_to_clean"]
-        for name in names:
-            dst_rows, values = [], []
-            for b in range(len(part)):
-                if name == "clean_to_clean":
-                    moves, source, src_lay = [(Region.all(clean_lay[b].grid),) * 2], clean_acts, clean_lay[b]
-                else:
-                    moves, source, src_lay = plans[b][name], cf_acts, cf_lay[b]
-                for dst, src in moves:
-                    dst_rows.append(_rows(clean_lay[b], dst, site))
-                    values.append(source[_rows(src_lay, src, site)])
-            rows, vals = torch.cat(dst_rows), torch.cat(values)
-
-            def write(t: Tensor, rows: Tensor = rows, vals: Tensor = vals) -> None:
-                t[rows] = vals.to(t.dtype)
-
-            preds = _predict(vlm, runner, [c for c, _ in part], [(site, write)])
-            for (_, cf), p, base in zip(part, preds, clean_preds, strict=True):
-                counts.setdefault(name, []).append((norm(p) == norm(cf.answer), p != base))
-    return {name: {"flip": float(np.mean([f for f, _ in v])), "changed": float(np.mean([c for _, c in v])),
-                   "n": len(v)} for name, v in counts.items()}
+    out = {name: rates(swept.sel(site=str(sites.vision_out), region=name)) for name in plan}
+    out["clean_to_clean"] = rates(patch(vlm, [dataclasses.replace(p, cf=p.clean) for p in pairs], sites.vision_out,
+                                        metric=metric, batch_size=batch_size))
+    return out
 
 
 # --- amplification ------------------------------------------------------------------------------
-def amplification(vlm: VLM, probes: dict[str, Any], runner: SceneRunner, scenes: list[Scene],
-                  alphas: Sequence[float], seed: int = 0, chunk: int = 48) -> dict[str, dict[str, float]]:
-    """Accuracy on ``scenes`` when amplifying the slot-probe directions (and a random control) at lm_resid(0)."""
-    site = sites.lm_resid(0)
-    gen = torch.Generator().manual_seed(seed)
-    directions = {}
-    for o, clf in probes.items():
-        w = torch.tensor(clf.coef_, dtype=torch.float32)
-        directions[("probe", o)] = w
-        rand = torch.randn(w.shape, generator=gen)
-        directions[("random", o)] = rand / rand.norm(dim=1, keepdim=True) * w.norm(dim=1, keepdim=True)
-    out: dict[str, dict[str, float]] = {"probe": {}, "random": {}}
-    for kind in ("probe", "random"):
-        for alpha in alphas:
-            correct = []
-            for i in range(0, len(scenes), chunk):
-                part = scenes[i:i + chunk]
-                inputs = runner.inputs(part)
-                layouts = runner.layouts(part, inputs)
+def amplification(vlm: VLM, probes: dict[str, Probe], items: Sequence[SceneItem], alphas: Sequence[float],
+                  seed: int = 0, batch_size: int = 48) -> dict[str, dict[str, float]]:
+    """Top-1 accuracy on ``items`` per α when amplifying the ``"h"``/``"v"`` probes' directions (each item
+    its own axis's) at lm_resid(0), and random directions of the same norms."""
+    axis = {"horizontal": probes["h"].directions, "vertical": probes["v"].directions}
+    control = {name: random_directions(vlm.d_model, len(w), seed=seed + k) * w.norm(dim=1, keepdim=True)
+               for k, (name, w) in enumerate(axis.items())}
 
-                def amplify(h: Tensor, part: list[Scene] = part, layouts: list = layouts, alpha: float = alpha,
-                            kind: str = kind) -> None:
-                    for scene, lay in zip(part, layouts, strict=True):
-                        w = directions[(kind, scene.orientation)].to(h.dtype)
-                        pos = lay.indices(None, site)
-                        x = h[lay.batch_index, pos]
-                        coef = (x @ w.T) / (w.pow(2).sum(1) + 1e-8)
-                        h[lay.batch_index, pos] = x + alpha * coef @ w
+    def by_axis(table: dict[str, Any]) -> Any:
+        return lambda example: table[example.source.orientation]
 
-                preds = _predict(vlm, runner, part, [(site, amplify)])
-                correct.extend(norm(p) == norm(s.answer) for p, s in zip(preds, part, strict=True))
-            out[kind][f"{alpha:g}"] = float(np.mean(correct))
-    return out
+    _, probe_run, random_run = steer_amplification(vlm, items, by_axis(axis), alphas, random=by_axis(control),
+                                                   seed=seed, batch_size=batch_size, progress=False)
+    return {kind: {f"{a:g}": float(np.mean(run.sel(alpha=a, metric="top1").values, dtype=float))
+                   for a in run.coords["alpha"]}
+            for kind, run in (("probe", probe_run), ("random", random_run))}
 
 
 def measure_mechanism(vlm: VLM, *, n_probe_train: int = 240, n_probe_test: int = 80, n_pairs: int = 120,
                       n_amplify: int = 240, alphas: Sequence[float] = (0, 1, 2, 4, 8, 16), seed: int = 0
                       ) -> dict[str, Any]:
     """All mechanism numbers of one organism (the model card's "Measured mechanism" section)."""
-    torch.manual_seed(seed)
-    runner = SceneRunner(vlm)
     canvas = CANVASES[vlm.canvas]
-    probe_h = fit_slot_probes(vlm, "h", n_train=n_probe_train, n_test=n_probe_test, runner=runner)
-    probe_v = fit_slot_probes(vlm, "v", n_train=n_probe_train, n_test=n_probe_test, runner=runner)
-    pairs = criss_cross_pairs(vlm, runner, canvas, n_pairs, seed)
-    patching = vision_out_patching(vlm, pairs, runner)
-    rng = np.random.default_rng([seed, 99])
-    pool = [s for t in TASKS for s in table1_scenes(t, canvas)]
-    amp_scenes = [pool[i] for i in rng.choice(len(pool), n_amplify, replace=False)]
+    probes = {o: fit_slot_probes(vlm, o, n_train=n_probe_train, n_test=n_probe_test) for o in ("h", "v")}
+    pairs = criss_cross_pairs(vlm, canvas, n_pairs, seed)
+    pool = table1_pool(canvas)
+    chosen = np.random.default_rng([seed, 99]).choice(len(pool), n_amplify, replace=False)
     site0 = str(sites.lm_resid(0))
-    amp = amplification(vlm, {"h": probe_h["probes"][site0], "v": probe_v["probes"][site0]}, runner,
-                        amp_scenes, alphas, seed)
+    amp = amplification(vlm, {o: p["probes"][site0] for o, p in probes.items()},
+                        [SceneItem(pool[i], f"{i}") for i in chosen], alphas, seed)
     return {
-        "slot_probe": {"h": probe_h["accuracy"], "v": probe_v["accuracy"],
+        "slot_probe": {"h": probes["h"]["accuracy"], "v": probes["v"]["accuracy"],
                        "n_train_images": n_probe_train, "n_test_images": n_probe_test},
-        "patching": patching,
+        "patching": vision_out_patching(vlm, pairs),
         "n_pairs": len(pairs),
         "amplification": amp,
         "n_amplify_items": n_amplify,

@@ -9,7 +9,15 @@ import spatial_interp as si
 from spatial_interp.geometry import Region
 from spatial_interp.interventions.ablate import Reference
 from spatial_interp.interventions.examples import Example, PatchPair
-from spatial_interp.interventions.metrics import MetricError, answer_probs, combine, evaluate, logit_diff, top1
+from spatial_interp.interventions.metrics import (
+    MetricError,
+    answer_probs,
+    combine,
+    evaluate,
+    logit_diff,
+    top1,
+    top_token,
+)
 from spatial_interp.interventions.steer import amplification
 from tests._models import tiny_model
 from tests.interventions.conftest import PROMPT, noise
@@ -23,8 +31,10 @@ def test_metrics_on_known_logits():
     logits[0, red[0]] = 10.0  # row 0: all mass on "red"
     logits[1, blue[1]] = 10.0  # row 1: all mass on "Blue"
     owners = [PatchPair(None, None, answers=("red", "blue")) for _ in range(2)]  # type: ignore[arg-type]
-    values, names = evaluate({"p": probs, "top1": top1(tok), "ld": logit_diff(tok)}, logits, owners)
-    assert names == ["p.c0", "p.c1", "top1.top1", "ld.logit_diff"]
+    values, names = evaluate({"p": probs, "top1": top1(tok), "ld": logit_diff(tok), "tok": top_token()}, logits,
+                             owners)
+    assert names == ["p.c0", "p.c1", "top1.top1", "ld.logit_diff", "tok.top_token"]
+    assert values[:, 4].tolist() == [int(red[0]), int(blue[1])]  # the token itself: "Blue", where top1 only sees "blue"
     # Each of the 4 spelling variants counts; the tiny tokenizer maps " red" to the same id as "red".
     assert values[0, 0] == pytest.approx(2.0, abs=1e-4) and values[1, 1] == pytest.approx(2.0, abs=1e-4)
     assert values[:, 2].tolist() == [1.0, 0.0]

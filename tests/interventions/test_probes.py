@@ -42,6 +42,15 @@ def test_probe_learns_and_reports(method):
     assert probe.directions.shape == (3, 16)
 
 
+def test_explicit_test_items_replace_the_random_split():
+    X, y, groups = _blobs()
+    probe = Probe.fit((X, y, groups), test_items=[5, 0, 7])
+    assert probe.test_items == [0, 5, 7] and probe.train_items == [g for g in range(40) if g not in (0, 5, 7)]
+    assert probe.report.n_test_rows == 3 * 6 and probe.config["test_fraction"] is None
+    with pytest.raises(ValueError, match="non-empty"):
+        Probe.fit((X, y, groups), test_items=[99])
+
+
 def test_adamw_matches_the_papers_recipe():
     X, y, groups = _blobs(seed=1)
     probe = Probe.fit((X, y, groups), method="adamw", seed=0)
@@ -81,6 +90,8 @@ def test_probe_on_store_heatmap_and_save(chat, tmp_path):
     np.testing.assert_array_equal(again.W, probe.W)
     assert again.classes == probe.classes and again.report.accuracy == probe.report.accuracy
     np.testing.assert_allclose(again.heatmap(store).values, heat.values)
+    held = Probe.fit(store, labels, site=si.site.vision_out, test_items=["img7", "img1"])
+    assert held.test_items == ["img1", "img7"] and held.train_items == [f"img{i}" for i in (0, 2, 3, 4, 5, 6)]
     with pytest.raises(ValueError, match="unknown probe method"):
         Probe.fit(store, labels, site=si.site.vision_out, method="svm")
 

@@ -53,6 +53,17 @@ def test_paper_slot_boxes_map_to_paper_token_ids():
                                                                      [69, 70, 81, 82]]
 
 
+def test_box_centres_give_each_cell_to_at_most_one_of_disjoint_boxes():
+    layout = tiny_model("tiny-qwen2-vl").prepare([Image.new("RGB", (336, 336))], ["hi"]).layouts[0]
+    left, right = (0, 0, 40, 28), (44, 0, 84, 28)  # 28 px cells: both touch column 1, whose centre is x = 42
+    assert [c for _, c in layout.box_to_cells(left)] == [0, 1] and [c for _, c in layout.box_to_cells(right)] == [1, 2]
+    assert [c for _, c in layout.box_to_cells(left, centres=True)] == [0]
+    assert [c for _, c in si.Region.box(layout, right, centres=True)] == [2]
+    assert list(layout.box_to_cells((20, 20, 75, 50), centres=True)) == [(1, 1), (1, 2)]  # half-open at 70 < 75
+    aligned = (28, 140, 84, 196)
+    assert layout.box_to_cells(aligned, centres=True) == layout.box_to_cells(aligned)
+
+
 def test_pixtral_positions_skip_one_break_per_row():
     vlm = tiny_model("tiny-pixtral")
     batch = vlm.prepare([Image.new("RGB", (240, 240))], ["hi"])

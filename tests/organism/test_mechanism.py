@@ -10,27 +10,28 @@ import numpy as np
 import pytest
 
 from spatial_interp import site as sites
-from spatial_interp.training.evaluate import SceneRunner, evaluate_scenes
-from spatial_interp.training.mechanism import amplification, criss_cross_pairs, fit_slot_probes, vision_out_patching
-from spatial_interp.training.stimuli import CANVASES, table1_scenes
-from spatial_interp.training.vocab import TASKS
+from spatial_interp.training.evaluate import evaluate_scenes
+from spatial_interp.training.mechanism import (
+    SceneItem,
+    amplification,
+    criss_cross_pairs,
+    fit_slot_probes,
+    table1_pool,
+    vision_out_patching,
+)
+from spatial_interp.training.stimuli import CANVASES
 
 
 @pytest.fixture(scope="module")
-def runner(organism):
-    return SceneRunner(organism)
-
-
-@pytest.fixture(scope="module")
-def patching(organism, runner):
-    pairs = criss_cross_pairs(organism, runner, CANVASES[organism.canvas], 24)
+def patching(organism):
+    pairs = criss_cross_pairs(organism, CANVASES[organism.canvas], 24)
     assert len(pairs) == 24
-    return vision_out_patching(organism, pairs, runner)
+    return vision_out_patching(organism, pairs)
 
 
 @pytest.fixture(scope="module")
-def probes(organism, runner):
-    return {o: fit_slot_probes(organism, o, n_train=60, n_test=30, runner=runner) for o in ("h", "v")}
+def probes(organism):
+    return {o: fit_slot_probes(organism, o, n_train=60, n_test=30) for o in ("h", "v")}
 
 
 def test_clean_to_clean_patch_never_changes_the_answer(patching):
@@ -63,14 +64,15 @@ def test_slot_probe_covers_every_site_and_beats_chance_in_the_lm(probes, organis
     assert best > 0.4  # chance is 1/3
 
 
-def test_amplification_alpha_zero_is_identity_and_large_alpha_changes_accuracy(organism, runner, probes):
+def test_amplification_alpha_zero_is_identity_and_large_alpha_changes_accuracy(organism, probes):
     rng = np.random.default_rng(0)
-    pool = [s for t in TASKS for s in table1_scenes(t, CANVASES[organism.canvas])]
+    pool = table1_pool(CANVASES[organism.canvas])
     scenes = [pool[i] for i in rng.choice(len(pool), 48, replace=False)]
     site0 = str(sites.lm_resid(0))
-    result = amplification(organism, {o: probes[o]["probes"][site0] for o in ("h", "v")}, runner, scenes,
-                           alphas=(0, 64))
-    baseline = evaluate_scenes(organism, scenes, runner=runner).accuracy
+    result = amplification(organism, {o: probes[o]["probes"][site0] for o in ("h", "v")},
+                           [SceneItem(s, str(i)) for i, s in enumerate(scenes)], alphas=(0, 64))
+    # The baseline runs the training encoder, not vlm.prepare: α = 0 must agree across the two paths.
+    baseline = evaluate_scenes(organism, scenes).accuracy
     assert result["probe"]["0"] == baseline
     assert result["random"]["0"] == baseline
     assert abs(result["probe"]["64"] - baseline) >= 0.1
