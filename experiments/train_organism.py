@@ -25,6 +25,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the shipped organisms were trained with 1; results are "
                              "bit-reproducible for a given count)")
+    parser.add_argument("--workers", type=int, default=1, choices=(0, 1),
+                        help="background processes that render and encode batches (default 1; same batches as 0)")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     parser.add_argument("--skip-mechanism", action="store_true", help="skip the mechanism measurements")
     parser.add_argument("--ship", action="store_true", help="copy the result into spatial_interp/models/organisms/")
@@ -33,7 +35,8 @@ def main() -> int:
 
     spec = SPECS[args.arch]
     out = args.out or Path("runs") / f"organism-{spec.name}"
-    result = train(spec, out, seed=args.seed, resume=not args.no_resume, threads=args.threads)
+    result = train(spec, out, seed=args.seed, resume=not args.no_resume, threads=args.threads,
+                   workers=args.workers)
     finalize_organism(spec, result, out, ship=args.ship, mechanism=not args.skip_mechanism)
     return 0
 

@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,20 @@ def answer_token_id(tokenizer: Any, answer: str) -> int:
 
 
 def batch_scenes(spec: OrganismSpec, seed: int, step: int, size: int, split: str = "train") -> list[Scene]:
-    """The scenes of one training step: a pure function of (seed, step)."""
+    """The scenes of one training step: a pure function of (seed, step).
+
+    During the recipe's curriculum (the first ``curriculum_steps``) only ``curriculum_tasks`` are drawn:
+    Squares alone, whose colours are learnt at once, let the position read-out form first (the mixed
+    task set sat near chance for 800+ steps; Squares first jumped to 92% train accuracy by step 400).
+    """
     rng = np.random.default_rng([seed, step])
-    return [random_scene(rng, spec.data_canvas, split=split) for _ in range(size)]  # type: ignore[arg-type]
+    recipe = spec.recipe
+    warm = step < recipe.curriculum_steps
+    scenes = []
+    for _ in range(size):
+        task = recipe.curriculum_tasks[rng.integers(len(recipe.curriculum_tasks))] if warm else None
+        scenes.append(random_scene(rng, spec.data_canvas, task=task, split=split))  # type: ignore[arg-type]
+    return scenes
 
 
 @dataclass
@@ -80,6 +92,39 @@ class Batcher:
         inputs = self.encoder(images, [s.prompt for s in scenes])
         targets = torch.tensor([answer_token_id(self.processor.tokenizer, s.answer) for s in scenes])
         return Encoded(inputs, targets)
+
+
+class _StepBatches(torch.utils.data.IterableDataset):
+    """Encoded training batches for steps ``[start, stop)`` of one attempt, in order.
+
+    Run in a DataLoader worker process, this renders and encodes the next batches on the second core
+    while the model trains on the first; the batches are the same as in-process ones (each is a pure
+    function of ``(seed, step)``).
+    """
+
+    def __init__(self, batcher: Batcher, seed: int, start: int, stop: int) -> None:
+        self.batcher, self.seed, self.start, self.stop = batcher, seed, start, stop
+
+    def __iter__(self) -> Iterator[Encoded]:
+        spec = self.batcher.spec
+        for step in range(self.start, self.stop):
+            yield self.batcher.encode(batch_scenes(spec, self.seed, step, spec.recipe.batch_size))
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def step_batches(batcher: Batcher, seed: int, start: int, stop: int, workers: int) -> Iterator[Encoded]:
+    """The training batches of steps ``[start, stop)``, prefetched by ``workers`` (0 or 1) processes."""
+    data = _StepBatches(batcher, seed, start, stop)
+    if workers == 0:
+        return iter(data)
+    if workers != 1:
+        raise ValueError(f"workers must be 0 or 1 (one ordered stream of batches), got {workers}")
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1, prefetch_factor=4,
+                                         worker_init_fn=_one_thread, persistent_workers=False)
+    return iter(loader)
 
 
 def last_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -140,6 +185,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
     threads: int | None = None,
+    workers: int = 1,
 ) -> TrainResult:
     """Train one organism into ``out/model`` (checkpointing ``out/train_state.pt`` as it goes).
 
@@ -148,6 +194,8 @@ def train(
         out: run folder; an existing ``train_state.pt`` there is resumed unless ``resume=False``.
         seed: base seed; restart ``k`` uses ``seed + 1000 * k`` for both weights and data.
         threads: ``torch.set_num_threads`` for this run (results are reproducible per thread count).
+        workers: 1 renders and encodes batches in a background process (same batches, ~1.5x faster on
+            two cores); 0 does it in-process.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,10 +240,11 @@ def train(
         bar = tqdm(total=last_step, initial=step, disable=not progress, desc=f"{spec.name} try {attempt}",
                    unit="step", dynamic_ncols=True)
         t0 = time.time()
+        batches = step_batches(batcher, run_seed, step, last_step, workers)
         while step < last_step and not done:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, recipe)
-            enc = batcher.encode(batch_scenes(spec, run_seed, step, recipe.batch_size))
+            enc = next(batches)
             logits = last_logits(model, enc.inputs)
             loss = F.cross_entropy(logits, enc.targets)
             optimizer.zero_grad(set_to_none=True)

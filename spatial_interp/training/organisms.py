@@ -55,6 +55,9 @@ class TrainRecipe:
     stall_accuracy: float = 0.3
     """A run whose rolling train accuracy is below this at ``stall_step`` restarts with the next seed."""
     max_restarts: int = 3
+    curriculum_steps: int = 0
+    """Train on ``curriculum_tasks`` only for this many steps, then on all tasks."""
+    curriculum_tasks: tuple[str, ...] = ("squares",)
     stop_step: int | None = None
     """Stop after this many steps while the learning-rate schedule still spans ``max_steps`` (how a
     checkpoint taken part-way through a schedule is reproduced exactly)."""
@@ -123,11 +126,12 @@ class OrganismSpec:
                     vocab_size=len(tok), hidden_size=d["hidden"], intermediate_size=2 * d["hidden"],
                     num_hidden_layers=d["layers"], num_attention_heads=d["hidden"] // head_dim,
                     num_key_value_heads=1, max_position_embeddings=2048, rms_norm_eps=1e-6,
-                    # head_dim 32 → 16 rotary pairs split 4/6/6 over (time, height, width) like the
-                    # real model's 16/24/24 of 64. M-RoPE gives the width section the lowest
-                    # frequencies; at theta 1e4 they turn < 0.04 rad across 12 columns, so the LM could
-                    # not tell left from right by position at all; theta 100 makes them turn ~0.7 rad.
-                    rope_parameters={"rope_type": "mrope", "mrope_section": [4, 6, 6],
+                    # head_dim 32 → 16 rotary pairs over (time, height, width). M-RoPE gives the width
+                    # section the lowest frequencies: with the real split (1/4, 3/8, 3/8) and theta 1e4
+                    # they turn < 0.04 rad across 12 columns, so a tiny LM cannot tell left from right by
+                    # position (theta 100: ~0.7 rad, still learnt only above/below in 1,800 steps).
+                    # Time 2 pairs, 7 + 7 spatial, theta 10: width turns 1.4-3.2 rad across the image.
+                    rope_parameters={"rope_type": "mrope", "mrope_section": list(mrope_section(d)),
                                      "rope_theta": float(d["rope_theta"])},
                     bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"),
                     tie_word_embeddings=False, initializer_range=self.init_std,
@@ -175,16 +179,22 @@ class OrganismSpec:
         return model
 
 
+def mrope_section(dims: dict[str, int], pairs: int = 16) -> tuple[int, int, int]:
+    """(time, height, width) rotary pairs: ``mrope_time`` for time, the rest split evenly."""
+    t = dims.get("mrope_time", 4)
+    return t, (pairs - t) // 2, pairs - t - (pairs - t) // 2
+
+
 SPECS: dict[str, OrganismSpec] = {
     "qwen2_vl": OrganismSpec(
         arch="qwen2_vl", name="qwen2-vl", canvas=CANVASES["qwen2_vl"],
-        recipe=TrainRecipe(max_steps=1800, stall_step=1200, stall_accuracy=0.3),
+        recipe=TrainRecipe(lr=3e-3, max_steps=1600, curriculum_steps=400, stall_step=600, stall_accuracy=0.5),
         dims={"hidden": 64, "layers": 3, "vision_hidden": 64, "vision_layers": 2, "image_size": 168, "merge": 1,
-              "init_milli": 100, "rope_theta": 100},
+              "init_milli": 100, "rope_theta": 10, "mrope_time": 2},
     ),
     "gemma3": OrganismSpec(
         arch="gemma3", name="gemma3", canvas=CANVASES["gemma3"],
-        recipe=TrainRecipe(max_steps=1100, stall_step=900, stall_accuracy=0.3),
+        recipe=TrainRecipe(lr=3e-3, max_steps=1800, curriculum_steps=400, stall_step=600, stall_accuracy=0.5),
         train_canvas=Canvas(16, 28, 3, 3),
         dims={"hidden": 64, "layers": 4, "vision_hidden": 32, "vision_layers": 2, "image_size": 224,
               "init_milli": 100},
