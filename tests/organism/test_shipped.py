@@ -86,7 +86,7 @@ def test_table1_sample_accuracy(organism, metrics, task):
     pick = np.random.default_rng(0).choice(len(scenes), 64, replace=False)
     result = evaluate_scenes(organism, [scenes[i] for i in pick])
     card = metrics["behaviour"]["table1"][task]["accuracy"]
-    assert result.accuracy >= max(0.25, card - 0.15)
+    assert result.accuracy >= max(0.85, card - 0.08)
 
 
 def test_card_metrics_are_consistent(metrics):
@@ -97,13 +97,24 @@ def test_card_metrics_are_consistent(metrics):
     assert metrics["size_mb"] <= 20
 
 
-def test_card_metrics_meet_targets(metrics):
-    """Issue 5's targets. The shipped organisms do not meet them yet (see their MODEL_CARD.md)."""
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_answers_held_out_random_layouts(organism, split):
+    """Issue 5's targets, measured live on fresh scenes (seeds used neither in training nor for the card).
+
+    Targets on the full sets: >= 97 % on held-out layouts, >= 90 % on held-out orderings. On a 96-item
+    sample the bounds leave ~2 standard errors; an organism that reads left/right from the wrong cue (the
+    earlier checkpoints: above/below right, left/right at chance) scores ~75 %.
+    """
+    rng = np.random.default_rng([2026, 11, 0 if split == "train" else 1])
+    scenes = [random_scene(rng, CANVASES[organism.canvas], split=split) for _ in range(96)]
+    result = evaluate_scenes(organism, scenes)
+    assert result.accuracy >= (0.93 if split == "train" else 0.86), result.by("direction")
+    assert min(result.by("direction").values()) >= 0.8, result.by("direction")
+
+
+def test_card_records_targets_met(metrics):
+    """The model card's full-set numbers (written by experiments/train_organism.py) meet issue 5's targets."""
     b = metrics["behaviour"]
-    met = (b["heldout_layouts"]["accuracy"] >= 0.97 and b["heldout_orderings"]["accuracy"] >= 0.90
-           and all(b["table1"][t]["accuracy"] >= 0.95 for t in ("squares", "shapes", "objects")))
-    if not met:
-        pytest.xfail("organism below the issue-5 accuracy targets (measured numbers in its MODEL_CARD.md)")
     assert b["heldout_layouts"]["accuracy"] >= 0.97
     assert b["heldout_orderings"]["accuracy"] >= 0.90
     for task in ("squares", "shapes", "objects"):
