@@ -67,19 +67,28 @@ def openmoji_font_path() -> Path:
     return path
 
 
+def codepoint_glyph(codepoint: int, *, font_size: int = _RENDER_PX, sheet_px: int = 2 * _RENDER_PX,
+                    font_path: Path | None = None) -> Image.Image:
+    """The tightly cropped RGBA glyph of ``codepoint``, drawn centred on a transparent ``sheet_px`` square.
+
+    Ink outside the sheet is clipped; the default sheet leaves room for any OpenMoji glyph.
+    """
+    font = ImageFont.truetype(str(font_path or openmoji_font_path()), font_size)
+    sheet = Image.new("RGBA", (sheet_px, sheet_px), (0, 0, 0, 0))
+    centre = sheet_px // 2
+    ImageDraw.Draw(sheet).text((centre, centre), chr(codepoint), font=font, embedded_color=True, anchor="mm")
+    bbox = sheet.getchannel("A").getbbox()
+    if bbox is None:
+        raise RuntimeError(f"the OpenMoji font rendered nothing for U+{codepoint:04X}")
+    return sheet.crop(bbox)
+
+
 def object_glyph(name: str, font_path: Path | None = None) -> Image.Image:
     """The tightly cropped RGBA glyph of an object, at the font's internal render size."""
     key = name.strip().lower()
     if key not in OBJECT_CODEPOINTS:
         raise ValueError(f"unknown object {name!r}; known objects: {', '.join(OBJECT_CODEPOINTS)}")
-    font = ImageFont.truetype(str(font_path or openmoji_font_path()), _RENDER_PX)
-    pad = _RENDER_PX // 2
-    canvas = Image.new("RGBA", (_RENDER_PX * 2, _RENDER_PX * 2), (0, 0, 0, 0))
-    ImageDraw.Draw(canvas).text((pad, pad), chr(OBJECT_CODEPOINTS[key]), font=font, embedded_color=True)
-    bbox = canvas.getchannel("A").getbbox()
-    if bbox is None:
-        raise RuntimeError(f"the OpenMoji font rendered nothing for {name!r}")
-    return canvas.crop(bbox)
+    return codepoint_glyph(OBJECT_CODEPOINTS[key], font_path=font_path)
 
 
 def object_sprite(name: str, size: int, font_path: Path | None = None) -> Image.Image:

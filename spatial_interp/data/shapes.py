@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from types import MappingProxyType
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from .palettes import SHAPES
@@ -101,3 +102,8 @@ def shape_sprite(shape: str, size: int, color: RGB) -> Image.Image:
     sprite = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     _DRAWERS[key](ImageDraw.Draw(sprite), size, tuple(color))
     return sprite
+
+
+def shape_mask(shape: str, size: int) -> np.ndarray:
+    """Boolean ``size x size`` mask of the opaque pixels of ``shape``'s sprite."""
+    return np.asarray(shape_sprite(shape, size, (0, 0, 0)).getchannel("A")) > 0

