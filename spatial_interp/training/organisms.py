@@ -17,6 +17,11 @@ Geometry choices (documented in each model card):
   896 px, 64×64 patches pooled 4×4). A 64×64-patch tower (4,096 tokens) or even a 32×32 one pooled
   2×2 costs 4–16× more attention per image and cannot train within the CPU budget.
 
+Learning left/right: a tiny LM only orders image tokens along an axis if its position encoding turns
+enough across the grid, so Qwen's M-RoPE uses theta 10 and a 2/7/7 (time, height, width) split, and
+both recipes start with a Squares-only curriculum (see :class:`TrainRecipe`). Gemma-3's 1-D RoPE
+needed no change.
+
 Example:
     >>> from spatial_interp.training.organisms import SPECS
     >>> SPECS["gemma3"].build_processor().image_processor.size["height"]
