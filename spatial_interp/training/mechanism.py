@@ -38,7 +38,7 @@ import dataclasses
 import functools
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,21 +59,21 @@ from .evaluate import SceneRunner, evaluate_scenes
 from .stimuli import CANVASES, Canvas, Entity, Renderer, Scene, random_scene, table1_scenes
 from .vocab import TASKS
 
-_RENDERER = Renderer()
-
 
 # --- scenes as toolkit items --------------------------------------------------------------------
 @dataclass(frozen=True)
 class SceneItem:
     """A :class:`Scene` read like a ``spatial_interp.data`` item, by ``as_example`` and the paper's region
-    functions. The image is rendered on each access, so long item lists stay small."""
+    functions. The image is rendered on each access, so long item lists stay small; items made together
+    share one ``renderer`` (its sprite cache)."""
 
     scene: Scene
     id: str
+    renderer: Renderer = field(default_factory=Renderer, repr=False, compare=False)
 
     @property
     def image(self) -> Image.Image:
-        return _RENDERER.image(self.scene)
+        return self.renderer.image(self.scene)
 
     @property
     def prompt(self) -> str:
@@ -146,8 +146,9 @@ def fit_slot_probes(vlm: VLM, orientation: str, *, n_train: int = 240, n_test: i
     canvas = CANVASES[vlm.canvas]
     direction = "left" if orientation == "h" else "above"
     rng = np.random.default_rng([seed, 0 if orientation == "h" else 1])
-    items = [SceneItem(random_scene(rng, canvas, task=TASKS[i % 3], direction=direction), f"{orientation}{i}")
-             for i in range(n_train + n_test)]
+    renderer = Renderer()
+    items = [SceneItem(random_scene(rng, canvas, task=TASKS[i % 3], direction=direction), f"{orientation}{i}",
+                       renderer) for i in range(n_train + n_test)]
     # Every scene is drawn on the same canvas, so one image's layout maps every scene's boxes to cells.
     layout = vlm.prepare([items[0].image], [items[0].prompt]).layouts[0]
     labels = {item.id: {int(f): slot for slot, cells in enumerate(entity_cells(item, layout, centres=True))
@@ -179,7 +180,8 @@ def criss_cross_pairs(vlm: VLM, canvas: Canvas, n_pairs: int, seed: int = 0) -> 
         # search renders hundreds of candidates, and the processor's per-image path is slow at 896 px (Gemma).
         scored = evaluate_scenes(vlm, [s for i in chosen for s in (pool[i], pool[i].reversed())],
                                  batch_size=2 * len(chosen), runner=runner)
-        pairs += [ScenePair(SceneItem(pool[i], f"{i}"), SceneItem(pool[i].reversed(), f"{i}-cf"),
+        pairs += [ScenePair(SceneItem(pool[i], f"{i}", runner.renderer),
+                            SceneItem(pool[i].reversed(), f"{i}-cf", runner.renderer),
                             (pool[i].answer, pool[i].reversed().answer), f"{i}")
                   for i, both in zip(chosen, scored.correct.reshape(-1, 2).all(1), strict=True) if both]
         if len(pairs) >= n_pairs:
@@ -236,8 +238,9 @@ def measure_mechanism(vlm: VLM, *, n_probe_train: int = 240, n_probe_test: int =
     pool = table1_pool(canvas)
     chosen = np.random.default_rng([seed, 99]).choice(len(pool), n_amplify, replace=False)
     site0 = str(sites.lm_resid(0))
+    renderer = Renderer()
     amp = amplification(vlm, {o: p["probes"][site0] for o, p in probes.items()},
-                        [SceneItem(pool[i], f"{i}") for i in chosen], alphas, seed)
+                        [SceneItem(pool[i], f"{i}", renderer) for i in chosen], alphas, seed)
     return {
         "slot_probe": {"h": probes["h"]["accuracy"], "v": probes["v"]["accuracy"],
                        "n_train_images": n_probe_train, "n_test_images": n_probe_test},
