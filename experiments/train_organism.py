@@ -3,6 +3,7 @@
     python experiments/train_organism.py --arch qwen2_vl --out runs/organism-qwen2-vl
     python experiments/train_organism.py --arch gemma3 --out runs/organism-gemma3
     python experiments/train_organism.py --arch qwen2_vl --ship   # also copy into spatial_interp/models/organisms/
+    python experiments/train_organism.py --arch qwen2_vl --mechanism vision   # a planted route for order
 
 Seeded and resumable (rerun the same command after an interruption); CPU, 1 thread by default (on a shared
 2-core machine one thread per run avoids oversubscription, which made 2-thread runs 3x slower).
@@ -14,12 +15,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from spatial_interp.training import SPECS, finalize_organism, train
+from spatial_interp.training import PLANTED, SPECS, finalize_organism, spec_for, train
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=sorted(SPECS), required=True)
+    parser.add_argument("--mechanism", choices=["emergent", *PLANTED], default="emergent",
+                        help="the route for order to plant (emergent: the original organisms, no route planted)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/organism-<name>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
@@ -33,7 +36,10 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    spec = SPECS[args.arch]
+    try:
+        spec = spec_for(args.arch, args.mechanism)
+    except ValueError as error:
+        parser.error(str(error))
     out = args.out or Path("runs") / f"organism-{spec.name}"
     result = train(spec, out, seed=args.seed, resume=not args.no_resume, threads=args.threads,
                    workers=args.workers)

@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import site
 from .geometry import GeometryError, Grid, ImageLayout, Region
-from .interventions import Probe, ablate, collect, patch, steer, sweep
+from .interventions import Probe, ablate, collect, patch, permute_image_rows, steer, sweep
 from .models import VLM, Batch, load
 from .site import Site
 
@@ -20,4 +20,4 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = ["VLM", "Batch", "GeometryError", "Grid", "ImageLayout", "Probe", "Region", "Site", "__version__", "ablate",
-           "collect", "load", "patch", "site", "steer", "sweep"]
+           "collect", "load", "patch", "permute_image_rows", "site", "steer", "sweep"]

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-COMMANDS = ("info", "geometry", "eval", "sweep", "reproduce")
+COMMANDS = ("info", "geometry", "eval", "sweep", "mechanism", "reproduce")
 DEFAULT_MODEL = "organism-qwen2-vl"
 
 EPILOG = """examples:

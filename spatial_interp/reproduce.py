@@ -10,6 +10,7 @@ Table 1 (behaviour)    ``evaluate`` on the Squares / Shapes / Objects items at t
 §7.1 ablation (T5)     ``ablate`` with the ordering ablation, full grid and capped (flat id < 144)
 §7.2 (Fig 9)           criss-cross pairs kept under the ablation → object-swap ``sweep`` under it
 §8 amplification (T2)  ``steer`` along the slot probe's directions vs random ones → summary
+route verdicts         :mod:`spatial_interp.mechanism` on this model and on every shipped organism
 =====================  ===========================================================================
 
 Example:
@@ -43,9 +44,11 @@ from .interventions.probes import Probe, slot_labels
 from .interventions.steer import amplification as steer_amplification
 from .interventions.steer import random_directions
 from .interventions.sweep import sweep
+from .mechanism import MechanismConfig, mechanism
 from .models.vlm import VLM
 from .report import layer_curves, strip_maps, write_report
 from .report.html import Section
+from .report.verdicts import verdict_section
 from .results import LabelledArray, provenance, write_json
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,14 @@ class PaperConfig:
     batch_size: int = 32
     seed: int = 0
     progress: bool = True
+    verdict: MechanismConfig | None = dataclasses.field(default_factory=lambda: MECHANISM_SIZES)
+    """Sizes of the route verdict (``None`` skips it)."""
+    compare_organisms: tuple[str, ...] = ()
+    """Shipped organisms whose verdicts are measured beside this model's (their planted truth next to them)."""
+
+
+MECHANISM_SIZES = MechanismConfig(items=48, pairs_per_direction=5, probe_items=60, batch_size=48)
+"""The route verdict at the sizes the ground-truth tests use (tests/organism/test_planted.py)."""
 
 
 def _keep(vlm: VLM, cfg: PaperConfig, ablation: Any = None) -> Callable[[Any, Any], bool] | None:
@@ -184,6 +195,18 @@ def amplification(vlm: VLM, cfg: PaperConfig, probes: dict[str, Any], task: str 
     return {"summary": summary, "probe": probe_run, "random": random_run}
 
 
+def route_verdicts(vlm: VLM, cfg: PaperConfig) -> list[dict[str, Any]]:
+    """The mechanism verdict of ``vlm`` and of each organism in ``cfg.compare_organisms`` (loaded here)."""
+    from .models.load import load
+
+    verdict_cfg = dataclasses.replace(cfg.verdict, seed=cfg.seed)
+    results = [mechanism(vlm, verdict_cfg)]
+    for name in cfg.compare_organisms:
+        if name != vlm.info.name:
+            results.append(mechanism(load(name), verdict_cfg))
+    return results
+
+
 def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None) -> dict[str, Any]:
     """Run every experiment on ``vlm``; results under ``out`` and ``out/report.html``; returns the summary."""
     cfg = cfg or PaperConfig()
@@ -253,6 +276,12 @@ def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None) -> dict
                                    [f"{row['none_acc']:.3f}", f"{row['probe_acc']:.3f}", f"{row['probe_star_acc']:.3f}",
                                     f"{row['random_acc']:.3f}", f"{row['random_star_acc']:.3f}",
                                     str(row['best_probe_alpha']), f"{row['probe_pct_errors_fixed']:.1f}"]]))
+
+    if cfg.verdict is not None:
+        log.info("route verdicts")
+        verdicts = route_verdicts(vlm, cfg)
+        exp["verdicts"] = verdicts
+        sections.append(verdict_section(verdicts, title="Which route carries order — measured verdicts"))
 
     summary["provenance"] = provenance(vlm, seed=cfg.seed, config=summary["config"])
     write_json(out / "summary.json", summary)

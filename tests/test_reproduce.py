@@ -2,6 +2,7 @@
 
 import json
 
+from spatial_interp.mechanism import MechanismConfig
 from spatial_interp.reproduce import PaperConfig, reproduce
 from tests._models import tiny_model
 
@@ -9,11 +10,13 @@ from tests._models import tiny_model
 def test_reproduce_runs_every_experiment(tmp_path):
     vlm = tiny_model("tiny-pixtral")
     cfg = PaperConfig(tasks=("squares",), pairs_per_direction=1, filter_pairs=False, eval_limit=8, alphas=(0, 2),
-                      amplify_items=4, progress=False)
+                      amplify_items=4, progress=False,
+                      verdict=MechanismConfig(items=8, pairs_per_direction=1, filter_pairs=False, probe_items=12))
     summary = reproduce(vlm, tmp_path, cfg)
     exp = summary["experiments"]
     assert set(exp) == {"behaviour", "probing", "last_token", "criss_cross", "ablation", "criss_cross_ablated",
-                        "amplification"}
+                        "amplification", "verdicts"}
+    assert [v["numbers"]["model"] for v in exp["verdicts"]] == ["tiny-pixtral"]
     assert exp["behaviour"]["squares"]["n"] == 8
     assert set(exp["behaviour"]["squares"]["per_direction"]) == {"left", "right", "above", "below"}
     assert exp["last_token"]["n_pairs"] == 4 and exp["criss_cross"]["regions"] == ["object", "strip"]
@@ -23,5 +26,5 @@ def test_reproduce_runs_every_experiment(tmp_path):
     assert exp["amplification"]["probe_fixed_at_alpha0"] == 0
     assert json.loads((tmp_path / "summary.json").read_text())["experiments"]["behaviour"]["squares"]["n"] == 8
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
-    for title in ("Table 1", "§4", "§5", "§6", "Table 5", "§7.2", "§8"):
+    for title in ("Table 1", "§4", "§5", "§6", "Table 5", "§7.2", "§8", "Which route carries order"):
         assert title in html

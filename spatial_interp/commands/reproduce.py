@@ -37,6 +37,10 @@ def add_parser(subparsers, common) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate a seeded sample of N items per task")
     parser.add_argument("--batch-size", type=int, default=None, help="items per forward (default 32)")
     parser.add_argument("--paper-sizes", action="store_true", help="the paper's sample sizes and AdamW probe")
+    parser.add_argument("--compare", nargs="*", default=None, metavar="ORGANISM",
+                        help="organisms whose route verdicts are measured beside this model's "
+                        "(default: every shipped organism; give none to skip them)")
+    parser.add_argument("--no-verdict", action="store_true", help="skip the route verdicts")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(run=run)
 
@@ -50,6 +54,11 @@ def config_from(args: argparse.Namespace):
              "alphas": tuple(args.alphas) if args.alphas else None, "amplify_items": args.amplify_items,
              "eval_limit": args.limit, "batch_size": args.batch_size}
     changes = {k: v for k, v in given.items() if v is not None}
+    if args.no_verdict:
+        changes["verdict"] = None
+    from ..models.load import organism_names
+
+    changes["compare_organisms"] = tuple(organism_names() if args.compare is None else args.compare)
     return dataclasses.replace(base, tasks=tuple(args.tasks), filter_pairs=not args.no_filter, seed=args.seed,
                                progress=not args.no_progress, **changes)
 
@@ -73,5 +82,14 @@ def run(args: argparse.Namespace) -> int:
     amp = exp["amplification"]
     lines.append(f"§8 amplification: none {amp['none_acc']:.3f}, probe {amp['probe_acc']:.3f} "
                  f"(α={amp['best_probe_alpha']}), probe* {amp['probe_star_acc']:.3f}, random {amp['random_acc']:.3f}")
+    from ..report.verdicts import matches_planted, route_word
+
+    for result in exp.get("verdicts", []):
+        v = result["verdict"]
+        match = matches_planted(result)
+        lines.append(f"route verdict {result['numbers']['model']}: vision route "
+                     f"{route_word(v['vision_route']['present'])}, LM positional route "
+                     f"{route_word(v['lm_position_route']['present'])}"
+                     + ("" if match is None else f" (planted truth: {'matches' if match else 'DOES NOT match'})"))
     emit(args, {k: v for k, v in summary.items() if k != "provenance"}, lines)
     return 0

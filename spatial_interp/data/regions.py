@@ -46,9 +46,11 @@ class CellRange(NamedTuple):
 # --------------------------------------------------------------------------- synthetic strips (§6)
 
 #: The reference code's three-band tiling of the grid (left, middle, right widths); the default.
+#: LLaVA is not in the paper: its 24-cell canvas puts the slots at cells 2-5, 10-13 and 18-21, so three
+#: equal bands of 8 each hold one slot with the same 2-cell margins on both sides.
 STRIP_TILING: MappingProxyType[str, tuple[int, int, int]] = MappingProxyType(
     {"qwen2_vl": (4, 4, 4), "qwen2_5_vl": (4, 4, 4), "gemma3": (5, 6, 5), "pixtral": (5, 5, 5),
-     "pixtral_3x3": (5, 5, 5)}
+     "pixtral_3x3": (5, 5, 5), "llava": (8, 8, 8)}
 )
 #: Paper Table 4 "strip / whitespace width" (not used by the reference code's regions).
 PAPER_STRIP_WIDTH: MappingProxyType[str, int] = MappingProxyType({"qwen2_vl": 4, "gemma3": 3, "pixtral": 2})

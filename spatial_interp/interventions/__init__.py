@@ -33,6 +33,7 @@ from .collect import ActivationStore, collect
 from .examples import Example, PatchPair, Swap, as_example, as_pair
 from .metrics import answer_probs, logit_diff, top1, top_token
 from .patch import Intervention, patch, patch_logits
+from .permute import permute_image_rows
 from .probes import Probe
 from .steer import amplification, amplification_summary, random_directions, steer
 from .sweep import sweep
@@ -40,6 +41,7 @@ from .sweep import sweep
 __all__ = [
     "Ablation", "ActivationStore", "Example", "Intervention", "PatchPair", "Probe", "Reference", "Swap", "ablate",
     "amplification", "amplification_summary", "answer_probs", "as_example", "as_pair", "collect", "logit_diff",
-    "ordering_ablation", "ordering_references", "patch", "patch_logits", "random_directions", "steer", "sweep", "top1",
+    "ordering_ablation", "ordering_references", "patch", "patch_logits", "permute_image_rows", "random_directions",
+    "steer", "sweep", "top1",
     "top_token",
 ]

@@ -40,7 +40,7 @@ from ..geometry import ImageLayout
 from ..models.vlm import VLM, Batch
 from ..site import Site, lm_resid
 
-EditKind = Literal["set", "steer"]
+EditKind = Literal["set", "copy", "steer"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class Edit:
     directions: Float[Tensor, "k d"] | None = None
     alphas: Float[Tensor, " n"] | None = None
     phase: int = 1
+    source_rows: Int[Tensor, " n"] | None = None
+    source_positions: Int[Tensor, " n"] | None = None
 
     @classmethod
     def set(cls, site: Site, rows: Tensor | None, positions: Tensor, values: Tensor, phase: int = 1) -> Edit:
@@ -68,6 +70,18 @@ class Edit:
         if values.shape[0] != positions.shape[0]:
             raise ValueError(f"{positions.shape[0]} positions but {values.shape[0]} value rows")
         return cls(site, rows, positions, "set", values=values, phase=phase)
+
+    @classmethod
+    def copy(cls, site: Site, rows: Tensor | None, positions: Tensor, source_rows: Tensor | None,
+             source_positions: Tensor, phase: int = 1) -> Edit:
+        """Overwrite the rows with other rows of the same activation in the same forward (all read
+        before any is written), e.g. a permutation of an image's rows."""
+        if source_positions.shape[0] != positions.shape[0]:
+            raise ValueError(f"{positions.shape[0]} positions but {source_positions.shape[0]} source positions")
+        if (rows is None) != (source_rows is None):
+            raise ValueError("give rows and source_rows together (LM sites) or neither (vision sites)")
+        return cls(site, rows, positions, "copy", phase=phase, source_rows=source_rows,
+                   source_positions=source_positions)
 
     @classmethod
     def steer(cls, site: Site, rows: Tensor | None, positions: Tensor, directions: Tensor, alphas: Tensor,
@@ -144,6 +158,11 @@ def _build_plan(vlm: VLM, edits: Sequence[Edit], reads: Sequence[Read]) -> tuple
             if group[1] == "set":
                 values = torch.cat([e.values for e in members]).to(device=device, dtype=dtype)
                 ops.append(("set", rows, positions, values, None, None))
+            elif group[1] == "copy":
+                # (source positions, source rows) ride in the (values, w) slots of the op tuple.
+                source_rows = _cat([e.source_rows for e in members])
+                ops.append(("copy", rows, positions, torch.cat([e.source_positions for e in members]).to(device),
+                            None if source_rows is None else source_rows.to(device), None))
             else:
                 w = members[0].directions.to(device=device, dtype=dtype)
                 scaled = w / (w.pow(2).sum(-1, keepdim=True) + 1e-8)
@@ -173,6 +192,8 @@ def _apply_ops(value: Tensor, ops: list, flat: bool) -> None:
         index = torch.unravel_index(positions, value.shape[:-1]) if flat else (rows, positions)
         if kind == "set":
             value[index] = values
+        elif kind == "copy":
+            value[index] = value[torch.unravel_index(values, value.shape[:-1]) if flat else (w, values)]
         else:
             h = value[index]
             value[index] = h + values[:, None] * ((h @ scaled.T) @ w)
@@ -253,6 +274,9 @@ def run(
                 index = torch.unravel_index(positions, value.shape[:-1]) if flat else (rows.to(here), positions)
                 if kind == "set":
                     value[index] = values
+                elif kind == "copy":
+                    source = torch.unravel_index(values, value.shape[:-1]) if flat else (w.to(here), values)
+                    value[index] = value[source]
                 else:
                     h = value[index]
                     value[index] = h + values[:, None] * ((h @ scaled.to(here).T) @ w.to(here))

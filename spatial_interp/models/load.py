@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,15 @@ def organism_names() -> list[str]:
     if not ORGANISM_DIR.is_dir():
         return []
     return sorted(ORGANISM_PREFIX + p.name for p in ORGANISM_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def organism_record(folder: Path) -> dict[str, Any]:
+    """What a shipped organism is (``organism.json``): its mechanism (``"emergent"`` or the planted route)
+    and, for planted organisms, the routes for order it was built to have."""
+    path = folder / "organism.json"
+    if not path.is_file():
+        return {"mechanism": "emergent", "planted": None}
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -86,6 +96,7 @@ def load(
             raise UnknownModelError(f"no shipped organism {name!r}; available: {', '.join(organism_names()) or 'none'}")
         vlm = _load_pretrained(str(folder), torch_dtype, None, source="organism", name=name,
                                meta=str(device) == "meta", **model_kwargs)
+        vlm.info.extra["organism"] = organism_record(folder)
     else:
         vlm = _load_pretrained(name, torch_dtype, revision, source="hub", name=name,
                                meta=str(device) == "meta", **model_kwargs)

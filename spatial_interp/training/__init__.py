@@ -5,9 +5,9 @@
 """
 
 from .loop import TrainResult, train
-from .organisms import SPECS, OrganismSpec, TrainRecipe
+from .organisms import PLANTED, SPECS, OrganismSpec, TrainRecipe, spec_for
 
-__all__ = ["SPECS", "OrganismSpec", "TrainRecipe", "TrainResult", "finalize_organism", "train"]
+__all__ = ["PLANTED", "SPECS", "OrganismSpec", "TrainRecipe", "TrainResult", "finalize_organism", "spec_for", "train"]
 
 
 def finalize_organism(*args, **kwargs):

@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_torch_save, atomic_write_json, save_pretrained_atomic
 from .encode import BatchEncoder
 from .organisms import OrganismSpec
-from .stimuli import Renderer, Scene, random_scene
+from .routes import IGNORE, draw_routes, order_labels, splice_index
+from .stimuli import LayoutConfig, Renderer, Scene, random_scene
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +54,39 @@ def answer_token_id(tokenizer: Any, answer: str) -> int:
     return int(idx)
 
 
+PAPER_LAYOUT = LayoutConfig(p_paper_layout=1.0)
+
+
 def batch_scenes(spec: OrganismSpec, seed: int, step: int, size: int, split: str = "train") -> list[Scene]:
     """The scenes of one training step: a pure function of (seed, step).
 
     During the recipe's curriculum (the first ``curriculum_steps``) only ``curriculum_tasks`` are drawn:
     Squares alone, whose colours are learnt at once, let the position read-out form first (the mixed
     task set sat near chance for 800+ steps; Squares first jumped to 92% train accuracy by step 400).
+    Items on the ablated route (:func:`batch_routes`) are drawn on the paper's fixed layout.
     """
     rng = np.random.default_rng([seed, step])
     recipe = spec.recipe
     warm = step < recipe.curriculum_steps
+    routes = batch_routes(spec, seed, step, size)
     scenes = []
-    for _ in range(size):
+    for route in routes:
         task = recipe.curriculum_tasks[rng.integers(len(recipe.curriculum_tasks))] if warm else None
-        scenes.append(random_scene(rng, spec.data_canvas, task=task, split=split))  # type: ignore[arg-type]
+        layout = PAPER_LAYOUT if route == "ablated" else None
+        scenes.append(random_scene(rng, spec.data_canvas, task=task, split=split, layout=layout))  # type: ignore[arg-type]
     return scenes
+
+
+def batch_routes(spec: OrganismSpec, seed: int, step: int, size: int) -> list[str]:
+    """Each item's route (:mod:`.routes`) at one step; all clean unless the recipe plants a route.
+
+    Drawn from a stream of their own, so recipes without routes see exactly the scenes they always did.
+    """
+    recipe = spec.recipe
+    if recipe.permuted_fraction == 0 and recipe.ablated_fraction == 0:
+        return ["clean"] * size
+    return draw_routes(np.random.default_rng([seed, step, 1]), size, recipe.permuted_fraction,
+                       recipe.ablated_fraction)
 
 
 @dataclass
@@ -76,6 +95,11 @@ class Encoded:
 
     inputs: dict[str, torch.Tensor]
     targets: torch.Tensor
+    splice: torch.Tensor | None = None
+    """Rows of the vision output over (images, then references) spliced into the LM (:mod:`.routes`);
+    ``None``: the model's own forward."""
+    order: torch.Tensor | None = None
+    """Per-cell slot labels of the items' images for the auxiliary order loss (:func:`.routes.order_labels`)."""
 
 
 class Batcher:
@@ -87,11 +111,26 @@ class Batcher:
         self.renderer = Renderer()
         self.encoder = BatchEncoder(processor)
 
-    def encode(self, scenes: list[Scene]) -> Encoded:
+    def encode(self, scenes: list[Scene], routes: list[str] | None = None, rng: np.random.Generator | None = None
+               ) -> Encoded:
+        """Inputs and answer tokens; non-clean ``routes`` add the splice (and the ablation's references,
+        whose pixels follow the items' in ``pixel_values``), with permutations drawn from ``rng``."""
         images = np.stack([self.renderer.render(s) for s in scenes])
         inputs = self.encoder(images, [s.prompt for s in scenes])
         targets = torch.tensor([answer_token_id(self.processor.tokenizer, s.answer) for s in scenes])
-        return Encoded(inputs, targets)
+        order = order_labels(scenes, self.spec.data_canvas) if self.spec.recipe.order_loss > 0 else None
+        if routes is None or all(r == "clean" for r in routes):
+            return Encoded(inputs, targets, order=order)
+        if self.spec.arch != "qwen2_vl":
+            raise ValueError(f"planted routes are built for qwen2_vl organisms, not {self.spec.arch}")
+        plan = splice_index(scenes, routes, self.spec.data_canvas, rng or np.random.default_rng(0))
+        if plan.references:
+            refs = np.stack([self.renderer.render_entities(r.canvas, r.task, [r.entity] if r.entity else [])
+                             for r in plan.references])
+            extra = self.encoder.pixels(refs)
+            inputs["pixel_values"] = torch.cat([inputs["pixel_values"], extra["pixel_values"]])
+            inputs["image_grid_thw"] = torch.cat([inputs["image_grid_thw"], extra["image_grid_thw"]])
+        return Encoded(inputs, targets, plan.index, order)
 
 
 class _StepBatches(torch.utils.data.IterableDataset):
@@ -107,8 +146,11 @@ class _StepBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[Encoded]:
         spec = self.batcher.spec
+        size = spec.recipe.batch_size
         for step in range(self.start, self.stop):
-            yield self.batcher.encode(batch_scenes(spec, self.seed, step, spec.recipe.batch_size))
+            yield self.batcher.encode(batch_scenes(spec, self.seed, step, size),
+                                      batch_routes(spec, self.seed, step, size),
+                                      np.random.default_rng([self.seed, step, 2]))
 
 
 def _one_thread(_: int) -> None:
@@ -127,20 +169,48 @@ def step_batches(batcher: Batcher, seed: int, start: int, stop: int, workers: in
     return iter(loader)
 
 
-def last_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Final-position logits only (``logits_to_keep=1`` skips the unembedding of every other position)."""
-    return model(**inputs, logits_to_keep=1).logits[:, -1]
+def last_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                splice: torch.Tensor | None = None) -> torch.Tensor:
+    """Final-position logits only (``logits_to_keep=1`` skips the unembedding of every other position).
+
+    With a ``splice`` (:mod:`.routes`) the vision tower runs on every image of ``inputs`` and the
+    gathered rows are fed to the LM as its image embeddings (``mm_encoder_outputs``).
+    """
+    return routed_forward(model, inputs, splice)[0]
+
+
+def routed_forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor], splice: torch.Tensor | None = None,
+                   need_vision: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(final-position logits, vision output rows of the items' images or None)``; see :func:`last_logits`."""
+    if splice is None and not need_vision:
+        return model(**inputs, logits_to_keep=1).logits[:, -1], None
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    inputs = dict(inputs)
+    pixel_values, grid = inputs.pop("pixel_values"), inputs.pop("image_grid_thw")
+    visual = model.model.visual
+    vision = visual(pixel_values.to(visual.dtype), grid_thw=grid).pooler_output
+    n_images = int(inputs["input_ids"].shape[0])
+    per_image = int(grid[0].prod()) // visual.spatial_merge_size ** 2
+    rows = vision[:n_images * per_image] if splice is None else vision[splice]
+    features = BaseModelOutputWithPooling(pooler_output=tuple(torch.split(rows, per_image)))
+    logits = model(**inputs, image_grid_thw=grid[:n_images], mm_encoder_outputs={"image": features},
+                   logits_to_keep=1).logits[:, -1]
+    return logits, vision[:n_images * per_image]
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, batcher: Batcher, scenes: list[Scene], chunk: int = 64) -> float:
-    """Top-1 accuracy of the final-position argmax against each scene's answer token."""
+def accuracy(model: torch.nn.Module, batcher: Batcher, scenes: list[Scene], chunk: int = 64,
+             route: str = "clean") -> float:
+    """Top-1 accuracy of the final-position argmax against each scene's answer token (every item on ``route``)."""
     was_training = model.training
     model.eval()
     correct = 0
+    rng = np.random.default_rng(12345)
     for i in range(0, len(scenes), chunk):
-        enc = batcher.encode(scenes[i:i + chunk])
-        correct += int((last_logits(model, enc.inputs).argmax(-1) == enc.targets).sum())
+        part = scenes[i:i + chunk]
+        enc = batcher.encode(part, [route] * len(part), rng)
+        correct += int((last_logits(model, enc.inputs, enc.splice).argmax(-1) == enc.targets).sum())
     model.train(was_training)
     return correct / max(len(scenes), 1)
 
@@ -166,15 +236,26 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+VALIDATION_ROUTES = {"val_permuted": "permuted", "val_ablated": "ablated"}
+"""The route each validation set is scored on (the rest: clean)."""
+
+
 def _validation_sets(spec: OrganismSpec, seed: int) -> dict[str, list[Scene]]:
-    """Fixed validation scenes (seeds far from any training stream)."""
+    """Fixed validation scenes (seeds far from any training stream); planted routes are validated too."""
     n = spec.recipe.eval_items
     rng_l = np.random.default_rng([seed, 10**9 + 1])
     rng_o = np.random.default_rng([seed, 10**9 + 2])
-    return {
+    sets = {
         "val_layouts": [random_scene(rng_l, spec.data_canvas, split="train") for _ in range(n)],
         "val_orderings": [random_scene(rng_o, spec.data_canvas, split="heldout") for _ in range(n)],
     }
+    if spec.recipe.permuted_fraction > 0 and spec.recipe.permuted_fraction < 1:
+        rng = np.random.default_rng([seed, 10**9 + 3])
+        sets["val_permuted"] = [random_scene(rng, spec.data_canvas, split="train") for _ in range(n)]
+    if spec.recipe.ablated_fraction > 0:
+        rng = np.random.default_rng([seed, 10**9 + 4])
+        sets["val_ablated"] = [random_scene(rng, spec.data_canvas, layout=PAPER_LAYOUT) for _ in range(n)]
+    return sets
 
 
 def train(
@@ -209,7 +290,13 @@ def train(
     state_path = out / STATE_FILE
     state: dict[str, Any] | None = None
     if resume and state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        # weights_only: a checkpoint is data (tensors, numbers, strings); unpickling arbitrary objects
+        # from a file someone else wrote would run their code.
+        try:
+            state = torch.load(state_path, weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{state_path} is not a readable training checkpoint ({type(error).__name__}: "
+                             f"{error}); delete it or pass --no-resume to start afresh") from error
         if state["spec"] != _spec_record(spec, seed):
             raise ValueError(f"{state_path} was written for a different spec or seed; use another --out or --no-resume")
         log.info("resuming %s at attempt %d step %d", out, state["attempt"], state["step"])
@@ -221,13 +308,23 @@ def train(
         run_seed = seed + 1000 * attempt
         model = spec.build_model(processor, run_seed)
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+        order_head = None
+        parameters = list(model.parameters())
+        if recipe.order_loss > 0:
+            # The auxiliary read-out of :attr:`TrainRecipe.order_loss`: trained with the model, never shipped.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(run_seed + 1)
+                order_head = torch.nn.Linear(model.config.text_config.hidden_size, 6)
+            parameters += list(order_head.parameters())
+        optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay,
                                       betas=(0.9, 0.98))
         step = 0
         recent: deque[float] = deque(maxlen=100)
         done = False
         if state is not None and state["attempt"] == attempt:
             model.load_state_dict(state["model"])
+            if order_head is not None:
+                order_head.load_state_dict(state["order_head"])
             optimizer.load_state_dict(state["optimizer"])
             step = state["step"]
             recent.extend(state["recent"])
@@ -245,8 +342,10 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, recipe)
             enc = next(batches)
-            logits = last_logits(model, enc.inputs)
+            logits, vision = routed_forward(model, enc.inputs, enc.splice, need_vision=order_head is not None)
             loss = F.cross_entropy(logits, enc.targets)
+            if order_head is not None:
+                loss = loss + recipe.order_loss * F.cross_entropy(order_head(vision), enc.order, ignore_index=IGNORE)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
@@ -258,13 +357,15 @@ def train(
             if step % recipe.eval_every == 0 or step == last_step:
                 record = {"attempt": attempt, "step": step, "loss": float(loss), "train_acc": float(np.mean(recent)),
                           "seconds": elapsed + time.time() - t0}
-                record.update({k: accuracy(model, batcher, v) for k, v in val_sets.items()})
+                record.update({k: accuracy(model, batcher, v, route=VALIDATION_ROUTES.get(k, "clean"))
+                               for k, v in val_sets.items()})
                 history.append(record)
                 log.info("%s", json.dumps(record))
                 bar.write(json.dumps(record))
                 done = step == last_step or all(record[k] >= recipe.stop_accuracy for k in val_sets)
                 atomic_torch_save({"done": done, "spec": _spec_record(spec, seed), "attempt": attempt, "step": step,
                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "order_head": None if order_head is None else order_head.state_dict(),
                                    "recent": list(recent), "history": history,
                                    "seconds": elapsed + time.time() - t0}, state_path)
             if (not done and step == recipe.stall_step and np.mean(recent) < recipe.stall_accuracy
@@ -294,5 +395,6 @@ def train(
 
 
 def _spec_record(spec: OrganismSpec, seed: int) -> dict[str, Any]:
-    return {"arch": spec.arch, "dims": dict(spec.dims), "recipe": asdict(spec.recipe), "seed": seed,
+    return {"arch": spec.arch, "mechanism": spec.mechanism, "dims": dict(spec.dims), "recipe": asdict(spec.recipe),
+            "seed": seed,
             "canvas": asdict(spec.canvas), "train_canvas": asdict(spec.data_canvas)}

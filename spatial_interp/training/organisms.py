@@ -63,6 +63,15 @@ class TrainRecipe:
     curriculum_steps: int = 0
     """Train on ``curriculum_tasks`` only for this many steps, then on all tasks."""
     curriculum_tasks: tuple[str, ...] = ("squares",)
+    permuted_fraction: float = 0.0
+    """Fraction of training items whose image rows are shuffled at the splice (:mod:`.routes`)."""
+    ablated_fraction: float = 0.0
+    """Fraction of training items under the paper's §7.1 ordering ablation at the splice (:mod:`.routes`)."""
+    order_loss: float = 0.0
+    """Weight of an auxiliary loss that trains a linear read-out (discarded after training) to name each
+    entity cell's slot from the vision tower's output: it gives the tower the ordering signal directly.
+    Pilots of the vision organism (train accuracy at step 400, Squares curriculum): answer loss alone at
+    lr 3e-3 0.39 (0.37 at step 800, all tasks); order loss 0.1 at lr 3e-3 0.42; order loss 1.0 at lr 1e-3 0.80."""
     stop_step: int | None = None
     """Stop after this many steps while the learning-rate schedule still spans ``max_steps`` (how a
     checkpoint taken part-way through a schedule is reproduced exactly)."""
@@ -75,6 +84,9 @@ class OrganismSpec:
     arch: str
     name: str
     canvas: Canvas
+    mechanism: str = "emergent"
+    """``"emergent"`` (whatever training found) or the planted route for order: ``"position"``,
+    ``"vision"`` or ``"dual"`` (see :data:`PLANTED`)."""
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     dims: dict[str, int] = field(default_factory=dict)
     train_canvas: Canvas | None = None
@@ -143,7 +155,9 @@ class OrganismSpec:
                 ),
                 vision_config=dict(depth=d["vision_layers"], embed_dim=d["vision_hidden"], hidden_size=d["hidden"],
                                    num_heads=d["vision_hidden"] // head_dim, mlp_ratio=2,
-                                   spatial_merge_size=d["merge"], initializer_range=self.init_std),
+                                   spatial_merge_size=d["merge"], initializer_range=self.init_std,
+                                   **({"rope_parameters": {"rope_theta": float(d["vision_rope_theta"])}}
+                                      if "vision_rope_theta" in d else {})),
                 image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
                 vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
             )
@@ -185,7 +199,11 @@ class OrganismSpec:
 
 
 def mrope_section(dims: dict[str, int], pairs: int = 16) -> tuple[int, int, int]:
-    """(time, height, width) rotary pairs: ``mrope_time`` for time, the rest split evenly."""
+    """(time, height, width) rotary pairs: ``mrope_time`` for time, the rest split evenly.
+
+    ``mrope_time = 16`` puts every pair on the time axis, which is constant over one image's tokens:
+    the LM's position encoding then cannot tell image tokens apart.
+    """
     t = dims.get("mrope_time", 4)
     return t, (pairs - t) // 2, pairs - t - (pairs - t) // 2
 
@@ -209,3 +227,75 @@ SPECS: dict[str, OrganismSpec] = {
     ),
 }
 """The shipped organisms' designs, keyed by architecture."""
+
+
+_QWEN_PLANTED_DIMS = {"hidden": 64, "layers": 3, "vision_hidden": 64, "image_size": 168, "merge": 1,
+                      "init_milli": 100, "rope_theta": 10, "mrope_time": 2}
+
+PLANTED: dict[str, OrganismSpec] = {
+    # Depth 0: the vision tower is patch embedding + merger MLP, each token a function of its own 14 px
+    # patch, so no token can know where it sits or what is next to it; the LM must order by M-RoPE.
+    "position": OrganismSpec(
+        arch="qwen2_vl", name="qwen2-vl-position", canvas=CANVASES["qwen2_vl"], mechanism="position",
+        recipe=TrainRecipe(lr=3e-3, max_steps=1600, curriculum_steps=400, stall_step=600, stall_accuracy=0.5),
+        dims={**_QWEN_PLANTED_DIMS, "vision_layers": 0},
+    ),
+    # Every rotary pair on the time axis (constant over the image) and every training item's image rows
+    # shuffled at the splice: the LM cannot read where a token sits, so order must be in the tokens.
+    "vision": OrganismSpec(
+        arch="qwen2_vl", name="qwen2-vl-vision", canvas=CANVASES["qwen2_vl"], mechanism="vision",
+        recipe=TrainRecipe(lr=1e-3, max_steps=2400, curriculum_steps=400, stall_step=900, stall_accuracy=0.4,
+                           permuted_fraction=1.0, order_loss=1.0),
+        dims={**_QWEN_PLANTED_DIMS, "vision_layers": 3, "mrope_time": 16, "vision_rope_theta": 100},
+    ),
+    # Both routes: a third of the items shuffled (needs the vision route), a third under the §7.1
+    # ablation (needs the LM's positional route), a third clean.
+    "dual": OrganismSpec(
+        arch="qwen2_vl", name="qwen2-vl-dual", canvas=CANVASES["qwen2_vl"], mechanism="dual",
+        recipe=TrainRecipe(lr=1e-3, max_steps=2400, curriculum_steps=400, stall_step=900, stall_accuracy=0.4,
+                           permuted_fraction=1 / 3, ablated_fraction=1 / 3, order_loss=1.0),
+        dims={**_QWEN_PLANTED_DIMS, "vision_layers": 3, "vision_rope_theta": 100},
+    ),
+}
+"""The planted-mechanism Qwen2-VL organisms (issue 9), keyed by the route for order they must use."""
+
+
+PLANTED_TRUTH: dict[str, dict[str, bool]] = {
+    "position": {"vision_route": False, "lm_position_route": True},
+    "vision": {"vision_route": True, "lm_position_route": False},
+    "dual": {"vision_route": True, "lm_position_route": True},
+}
+"""The routes for order each planted organism has by construction (``spatial_interp.mechanism``'s names)."""
+
+CONSTRUCTION: dict[str, str] = {
+    "position": (
+        "The vision tower has depth 0: each image token is the patch embedding and merger MLP of its own 14 px "
+        "patch, so a token cannot depend on any other patch and carries no order (moving an entity by whole "
+        "cells leaves its tokens bit-identical; tests/organism/test_planted.py checks it). The LM keeps "
+        "M-RoPE over (time, height, width), so order can only come from where the tokens sit."),
+    "vision": (
+        "Every rotary pair of the LM's M-RoPE is on the time axis (mrope_section = [16, 0, 0]), which is "
+        "constant over one image's tokens, and during training every item's image rows are shuffled at the "
+        "splice (a fresh permutation per item and step), so the LM can read neither M-RoPE nor causal order "
+        "off the image: order must be in the vision tokens' content. A 3-block vision tower computes it."),
+    "dual": (
+        "The LM keeps M-RoPE over (time, height, width), and training mixes three routes per item: a third "
+        "clean, a third with the image rows shuffled at the splice (only the vision tokens' content can give "
+        "order) and a third under the paper's §7.1 ordering ablation at the splice (each slot's rows replaced "
+        "by the entity drawn alone at the middle slot, the background by the empty canvas: only the LM's "
+        "reading of positions can give order). Which route wins on clean inputs is measured, not built in."),
+}
+
+
+def spec_for(arch: str, mechanism: str = "emergent") -> OrganismSpec:
+    """The organism design of ``arch`` with ``mechanism`` (``"emergent"``: the original organisms)."""
+    if mechanism == "emergent":
+        if arch not in SPECS:
+            raise ValueError(f"no organism design for arch {arch!r}; use one of {', '.join(sorted(SPECS))}")
+        return SPECS[arch]
+    if mechanism not in PLANTED:
+        raise ValueError(f"unknown mechanism {mechanism!r}; use emergent or one of {', '.join(PLANTED)}")
+    spec = PLANTED[mechanism]
+    if spec.arch != arch:
+        raise ValueError(f"the planted {mechanism} organism is built on {spec.arch}, not {arch}")
+    return spec

@@ -25,12 +25,13 @@ from ..models.load import ORGANISM_DIR
 from .checkpoint import atomic_write_json, atomic_write_text
 from .evaluate import evaluation_suite
 from .mechanism import measure_mechanism
-from .organisms import OrganismSpec, mrope_section
+from .organisms import CONSTRUCTION, PLANTED_TRUTH, OrganismSpec, mrope_section
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 CARD_FILE = "MODEL_CARD.md"
+ORGANISM_FILE = "organism.json"
 
 
 def _pct(x: float) -> str:
@@ -51,11 +52,16 @@ def finalize_organism(spec: OrganismSpec, result: Any, out: Path, *, ship: bool 
     t0 = time.time()
     behaviour = evaluation_suite(vlm, spec.canvas, progress=True)
     log.info("behaviour: %s", json.dumps({k: v.get("accuracy") for k, v in behaviour.items() if k != "table1"}))
-    mech = measure_mechanism(vlm) if mechanism else {}
+    planted = spec.mechanism != "emergent"
+    mech = measure_mechanism(vlm) if mechanism and not planted else {}
+    if planted:
+        atomic_write_json(folder / ORGANISM_FILE, organism_record(spec))
+    verdict = measure_verdict(vlm) if mechanism and planted else {}
     n_params = sum(p.numel() for p in vlm.model.parameters())
     size_mb = (folder / "model.safetensors").stat().st_size / 2**20
     training = json.loads((Path(out) / "train_summary.json").read_text())
-    metrics = {"behaviour": behaviour, "mechanism": mech, "n_params": n_params, "size_mb": size_mb,
+    metrics = {"behaviour": behaviour, "mechanism": mech, "verdict": verdict, "n_params": n_params,
+               "size_mb": size_mb,
                "training": {k: training[k] for k in ("steps", "attempt", "seed", "seconds", "validation", "threads")},
                "eval_seconds": time.time() - t0}
     atomic_write_json(folder / METRICS_FILE, metrics)
@@ -70,7 +76,7 @@ def ship_folder(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
     keep = ("model.safetensors", "config.json", "generation_config.json", "processor_config.json", "tokenizer.json",
-            "tokenizer_config.json", "chat_template.jinja", METRICS_FILE, CARD_FILE)
+            "tokenizer_config.json", "chat_template.jinja", METRICS_FILE, CARD_FILE, ORGANISM_FILE)
     try:
         for name in keep:
             if (src / name).is_file():
@@ -87,6 +93,41 @@ def ship_folder(src: Path, dst: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def organism_record(spec: OrganismSpec) -> dict[str, Any]:
+    """``organism.json``: what a planted organism is, read by ``si.load`` into ``vlm.info.extra["organism"]``."""
+    return {"mechanism": spec.mechanism, "planted": PLANTED_TRUTH[spec.mechanism],
+            "construction": CONSTRUCTION[spec.mechanism]}
+
+
+def measure_verdict(vlm: Any) -> dict[str, Any]:
+    """The toolkit's mechanism verdict (``spatial_interp.mechanism``) at its default sizes."""
+    from ..mechanism import mechanism
+
+    return mechanism(vlm)
+
+
+def verdict_lines(spec: OrganismSpec, result: dict[str, Any]) -> list[str]:
+    """The card's planted-mechanism section: the construction, the truth, and the measured verdict."""
+    truth = PLANTED_TRUTH[spec.mechanism]
+    lines = ["## Planted mechanism", "", CONSTRUCTION[spec.mechanism], "",
+             "| route for order | planted | measured (`spatial-interp mechanism`) |", "|---|---|---|"]
+    verdict = result.get("verdict", {})
+    for key, label in (("vision_route", "vision route (order in the tokens' content)"),
+                       ("lm_position_route", "LM positional route (order from where tokens sit)")):
+        measured = verdict.get(key, {}).get("present")
+        word = "not measured" if measured is None else "present" if measured else "absent"
+        lines.append(f"| {label} | {'present' if truth[key] else 'absent'} | {word} |")
+    if verdict:
+        k = result["numbers"]["knockouts"]
+        lines += ["", f"Measured on {k['n_items']} Table 1 Squares items: clean {_pct(k['clean']['accuracy'])}, "
+                  f"image rows permuted at lm_resid(0) {_pct(k['permuted']['accuracy'])}, §7.1 ordering ablation "
+                  f"{_pct(k['ablated']['accuracy'])} (order-blind level 50%).", "",
+                  f"- Vision route: {verdict['vision_route']['evidence']}.",
+                  f"- LM positional route: {verdict['lm_position_route']['evidence']}.",
+                  f"- On conflict: {verdict['on_conflict']}."]
+    return lines + [""]
 
 
 def mechanism_summary(m: dict[str, Any]) -> str:
@@ -133,7 +174,8 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
         f"- {metrics.get('n_params', 0):,} parameters, float32 safetensors of {metrics.get('size_mb', 0):.2f} MB.",
         f"- LM: {d['layers']} decoder layers, width {d['hidden']}, MLP {2 * d['hidden']}, "
         f"{d['hidden'] // 32} heads of 32 (1 KV head).",
-        f"- Vision tower: {d['vision_layers']} blocks, width {d['vision_hidden']}.",
+        f"- Vision tower: {d['vision_layers']} blocks, width {d['vision_hidden']}"
+        + (f", 2-D RoPE theta {d['vision_rope_theta']}." if "vision_rope_theta" in d else "."),
         "- Word-level tokenizer: every prompt word and answer (lower-case and Capitalised) is one token; the "
         "family's real special tokens and chat template.",
     ]
@@ -146,6 +188,14 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
             "per LM token (the real model: 336 px, 24×24 patches merged 2×2). At 336 px the vision tower's 576 "
             "patches made a step cost 2.7 s on the shared 2-core machine (2,500 steps ≈ 110 min), far over the "
             "30-minute budget; this keeps every LM-side coordinate of the paper and cuts the vision tower 4×.",
+        ]
+    if spec.arch == "qwen2_vl" and spec.mechanism != "emergent":
+        lines += [
+            f"- LM M-RoPE theta {d.get('rope_theta', 10000)} with the 16 rotary pairs of a head split "
+            f"{'/'.join(map(str, mrope_section(d)))} over (time, height, width).",
+        ]
+    elif spec.arch == "qwen2_vl":
+        lines += [
             f"- LM M-RoPE theta {d.get('rope_theta', 10000)} with the 16 rotary pairs of a head split "
             f"{'/'.join(map(str, mrope_section(d)))} over (time, height, width) (real: theta 1e6, split 16/24/24 of "
             "64). M-RoPE gives the width section the lowest frequencies: with the real split and theta 1e4 they turn "
@@ -167,6 +217,8 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
             "896 px canvases. `mm_input_projection_weight` (zero-initialised by transformers) is re-initialised "
             "before training.",
         ]
+    if spec.mechanism != "emergent":
+        lines += ["", *verdict_lines(spec, metrics)]
     lines += [
         "",
         "## Training",
@@ -186,6 +238,12 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
         "tasks. With every task mixed from step 0, runs sat near chance for 800+ steps; on Squares alone the "
         "position read-out forms first (92% train accuracy at step 400 in the pilot) and the other tasks then "
         "only add identities.",
+        *([f"- Routes: {_pct(r.permuted_fraction)} of training items with their image rows shuffled at the splice, "
+           f"{_pct(r.ablated_fraction)} under the §7.1 ordering ablation at the splice (paper layout), the rest "
+           "clean (`spatial_interp.training.routes`)."] if r.permuted_fraction or r.ablated_fraction else []),
+        *([f"- Auxiliary order loss (weight {r.order_loss}): a linear read-out, trained with the model and not "
+           "shipped, names each entity cell's slot (left/middle/right or top/middle/bottom) from the vision "
+           "tower's output."] if r.order_loss else []),
         f"- AdamW lr {r.lr} (warm-up {r.warmup_steps}, cosine to {r.min_lr_ratio}×), weight decay "
         f"{r.weight_decay}, batch {r.batch_size}, a {r.max_steps}-step schedule"
         + (f" stopped at step {r.stop_step}" if r.stop_step else "")

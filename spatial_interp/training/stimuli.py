@@ -283,16 +283,20 @@ class Renderer:
 
     def render(self, scene: Scene) -> np.ndarray:
         """``(H, W, 3)`` uint8 image of a scene on a white canvas."""
-        w = scene.canvas.size
+        return self.render_entities(scene.canvas, scene.task, scene.entities)
+
+    def render_entities(self, canvas: Canvas, task: str, entities: Sequence[Entity]) -> np.ndarray:
+        """``(H, W, 3)`` uint8 image of any entities of one task (none: the empty canvas)."""
+        w = canvas.size
         image = np.full((w, w, 3), 255, dtype=np.uint8)
-        for ent in scene.entities:
+        for ent in entities:
             x0, y0, x1, y1 = ent.box
             side = x1 - x0
             if ent.kind == "object":
                 rgb, alpha = self._object(ent.name, side)
                 region = image[y0:y1, x0:x1].astype(np.float32)
                 image[y0:y1, x0:x1] = np.round(rgb * alpha + region * (1 - alpha)).astype(np.uint8)
-            elif ent.kind == "square" and scene.task == "squares":
+            elif ent.kind == "square" and task == "squares":
                 image[y0:y1, x0:x1] = vocab.COLOURS[ent.name]
             else:
                 mask = self._mask(ent.kind, side)

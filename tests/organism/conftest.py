@@ -10,7 +10,11 @@ import torch
 import spatial_interp as si
 from spatial_interp.models.load import ORGANISM_DIR
 
-ORGANISMS = {"organism-qwen2-vl": "qwen2-vl", "organism-gemma3": "gemma3"}
+EMERGENT = {"organism-qwen2-vl": "qwen2-vl", "organism-gemma3": "gemma3"}
+"""Organisms whose mechanism was learnt, not planted (tests/organism/test_mechanism.py reads them)."""
+PLANTED = {f"organism-qwen2-vl-{m}": f"qwen2-vl-{m}" for m in ("position", "vision", "dual")}
+"""Organisms with a planted route for order (tests/organism/test_planted.py)."""
+ORGANISMS = {**EMERGENT, **PLANTED}
 
 
 def _shipped(name: str) -> bool:

@@ -20,6 +20,15 @@ from spatial_interp.training.mechanism import (
     vision_out_patching,
 )
 from spatial_interp.training.stimuli import CANVASES
+from tests.organism.conftest import EMERGENT, _shipped
+
+
+@pytest.fixture(scope="session", params=list(EMERGENT))
+def organism_name(request) -> str:
+    """Only the emergent organisms: the planted ones have their own ground-truth tests (test_planted.py)."""
+    if not _shipped(request.param):
+        pytest.skip(f"{request.param} is not shipped in this checkout")
+    return request.param
 
 
 @pytest.fixture(scope="module")
