@@ -2,7 +2,13 @@
 
 Each subcommand lives in ``spatial_interp/commands/<name>.py`` and exposes ``add_parser(subparsers,
 common)`` and ``run(args) -> int``. This module only assembles them and applies the shared
-options (``--model``, ``--out``, ``--seed``, ``--device``, ``--dtype``, ``--remote``, ``--config``).
+options (``--model``, ``--out``, ``--seed``, ``--device``, ``--dtype``, ``--remote``, ``--config``,
+``--debug``).
+
+Errors: a bad input the library refuses (a ValueError, TypeError or KeyError, e.g. ``GeometryError``,
+``SiteError``, ``StoreError``, ``UnknownModelError``; or a missing file) is printed as one line
+``error: <message>`` on stderr with exit status 2, like an argparse usage error; ``--debug`` re-raises
+it with the full traceback instead.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 COMMANDS = ("info", "geometry", "eval", "sweep", "mechanism", "reproduce")
-DEFAULT_MODEL = "organism-qwen2-vl"
+DEFAULT_MODEL = "organism-qwen2-vl-dual"
 
 EPILOG = """examples:
   spatial-interp info tiny-gemma3
@@ -41,6 +47,8 @@ def common_options() -> argparse.ArgumentParser:
                        help="YAML file of option values (command-line flags override it)")
     group.add_argument("--json", action="store_true", help="print machine-readable JSON")
     group.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    group.add_argument("--debug", action="store_true",
+                       help="on an error, show the full traceback instead of a one-line message")
     return common
 
 
@@ -69,24 +77,104 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[command]
+    raise KeyError(command)
+
+
+def _given_on_command_line(sub: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Dests of the options present in ``argv`` (long, short, ``--opt=value`` and unique abbreviations)."""
+    options = sub._option_string_actions
+    given = set()
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("-") or token == "-":
+            continue
+        flag = token.split("=", 1)[0]
+        if flag in options:
+            given.add(options[flag].dest)
+        elif flag.startswith("--"):
+            matches = {a.dest for name, a in options.items() if name.startswith(flag)}
+            given |= matches if len(matches) == 1 else set()
+    return given
+
+
+def _config_value(sub: argparse.ArgumentParser, action: argparse.Action, value: object) -> object:
+    """A YAML value converted exactly as the flag's command-line strings would be (type, nargs, choices)."""
+    if action.nargs == 0:  # store_true / store_false / store_const
+        if not isinstance(value, bool):
+            raise argparse.ArgumentError(action, f"expected true or false, got {value!r}")
+        return action.const if value else action.default
+    if value is None:
+        if action.default is None:
+            return None
+        raise argparse.ArgumentError(action, "cannot be null")
+    many = action.nargs not in (None, "?")
+    if isinstance(value, (list, tuple)):
+        if not many:
+            raise argparse.ArgumentError(action, f"expected one value, got the list {list(value)!r}")
+        strings = [str(v) for v in value]
+    elif isinstance(value, dict):
+        raise argparse.ArgumentError(action, f"expected a value, got the mapping {value!r}")
+    else:
+        strings = [str(value)]
+    if isinstance(action.nargs, int) and len(strings) != action.nargs:
+        raise argparse.ArgumentError(action, f"expected {action.nargs} values, got {len(strings)}: {strings}")
+    if action.nargs == "+" and not strings:
+        raise argparse.ArgumentError(action, "expected at least one value")
+    values = [sub._get_value(action, text) for text in strings]  # the flag's own type= conversion
+    for converted in values:
+        sub._check_value(action, converted)  # and its choices=
+    return values if many else values[0]
+
+
 def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """Fill options from ``--config FILE.yaml`` unless given on the command line."""
+    """Fill options from ``--config FILE.yaml`` unless given on the command line.
+
+    Each value goes through its flag's own argparse ``type`` and ``choices`` (``batch_size: abc`` or
+    ``task: nonsense`` is an error naming the option, as on the command line); flags take
+    ``true``/``false``, multi-value options a list.
+    """
     if args.config is None:
         return
     import yaml
 
+    sub = _subparser(parser, args.command)
     if not args.config.is_file():
-        parser.error(f"--config {args.config}: no such file")
-    values = yaml.safe_load(args.config.read_text()) or {}
+        sub.error(f"--config {args.config}: no such file")
+    try:
+        values = yaml.safe_load(args.config.read_text()) or {}
+    except yaml.YAMLError as error:
+        sub.error(f"--config {args.config}: not valid YAML ({' '.join(str(error).split())})")
     if not isinstance(values, dict):
-        parser.error(f"--config {args.config}: expected a mapping of option names to values")
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+        sub.error(f"--config {args.config}: expected a mapping of option names to values")
+    actions = {a.dest: a for a in sub._actions if a.option_strings and a.dest != "help"}
+    given = _given_on_command_line(sub, argv)
     for key, value in values.items():
-        dest = key.replace("-", "_")
-        if not hasattr(args, dest):
-            parser.error(f"--config {args.config}: unknown option {key!r}")
+        dest = str(key).replace("-", "_")
+        action = actions.get(dest)
+        if action is None or dest == "config":
+            known = ", ".join(sorted(d for d in actions if d != "config"))
+            sub.error(f"--config {args.config}: unknown option {key!r} for {args.command} (known: {known})")
+        try:
+            converted = _config_value(sub, action, value)
+        except argparse.ArgumentError as error:
+            sub.error(f"--config {args.config}: {key}: {error}")
         if dest not in given:
-            setattr(args, dest, value)
+            setattr(args, dest, converted)
+
+
+LIBRARY_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                  IsADirectoryError, PermissionError)
+"""Bad-input errors reported as one ``error:`` line (the package's own errors subclass ValueError)."""
+
+
+def _one_line(error: BaseException) -> str:
+    message = error.args[0] if isinstance(error, KeyError) and len(error.args) == 1 else error
+    return " ".join(str(message).split()) or type(error).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,7 +187,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_config(args, parser, argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return int(args.run(args) or 0)
+    from .data.objects import MissingObjectsExtra  # an ImportError whose message says what to install
+
+    try:
+        return int(args.run(args) or 0)
+    except (*LIBRARY_ERRORS, MissingObjectsExtra) as error:
+        if args.debug:
+            raise
+        sys.stderr.write(f"error: {_one_line(error)}\n")
+        return 2
 
 
 if __name__ == "__main__":

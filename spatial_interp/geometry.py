@@ -19,6 +19,7 @@ This module knows nothing about nnsight or model classes.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -36,6 +37,17 @@ class GeometryError(ValueError):
     """A box, region or layout that does not fit the image or grid it is used with."""
 
 
+def _index(value: object, what: str) -> int:
+    """``value`` as an int cell coordinate; a float (even 2.0), bool or string is refused rather than
+    truncated, since ``int(2.7)`` would silently name a different cell."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # ints, numpy and 0-d torch integers
+        except TypeError:
+            pass
+    raise TypeError(f"{what} must be an int, got {value!r} ({type(value).__name__})")
+
+
 @dataclass(frozen=True)
 class Grid:
     """The LM's image-token grid: ``rows`` × ``cols`` cells."""
@@ -44,6 +56,8 @@ class Grid:
     cols: int
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", _index(self.rows, "Grid rows"))
+        object.__setattr__(self, "cols", _index(self.cols, "Grid cols"))
         if self.rows <= 0 or self.cols <= 0:
             raise GeometryError(f"grid must be positive, got {self.rows}x{self.cols}")
 
@@ -83,12 +97,12 @@ class Region:
     @classmethod
     def cells(cls, grid: Grid, cells: Iterable[tuple[int, int]]) -> Region:
         """Explicit ``(row, col)`` cells."""
-        return cls(grid, frozenset((int(r), int(c)) for r, c in cells))
+        return cls(grid, frozenset((_index(r, "cell row"), _index(c, "cell col")) for r, c in cells))
 
     @classmethod
     def flat_ids(cls, grid: Grid, ids: Iterable[int]) -> Region:
         """Cells given as flat ids ``row * cols + col`` (the paper's token-id tables)."""
-        ids = [int(i) for i in ids]
+        ids = [_index(i, "flat id") for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
         bad = [i for i in ids if not 0 <= i < grid.n_cells]
         if bad:
             raise GeometryError(f"flat ids {bad[:5]} lie outside the {grid} grid (0..{grid.n_cells - 1})")
@@ -170,7 +184,7 @@ class Region:
 
 
 def _check_range(span: tuple[int, int], size: int, what: str) -> None:
-    start, stop = span
+    start, stop = (_index(v, f"{what} range bound") for v in span)
     if not 0 <= start <= stop <= size:
         raise GeometryError(f"{what} range [{start}, {stop}) does not fit 0..{size}")
 

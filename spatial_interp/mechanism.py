@@ -245,10 +245,12 @@ def verdict(numbers: dict[str, Any], cfg: MechanismConfig | None = None) -> dict
                        f"{p['shuffled_labels'][0]:.2f}, chance {PAPER_CHANCE:.2f})")
     if extra_v:
         out["vision_route"]["evidence"] += "; " + "; ".join(extra_v)
-    if p.get("sites") and len(p["sites"]) > 1:
-        best = int(np.argmax(p["accuracy"][1:])) + 1
-        out["lm_position_route"]["evidence"] += (f"; best LM slot probe {p['accuracy'][best]:.2f} at "
-                                                 f"{p['sites'][best]} (control {p['shuffled_labels'][best]:.2f})")
+    if p.get("sites") and len(p["sites"]) > 2:
+        # From lm_resid(1) on: lm_resid(0)'s image rows are the spliced vision_out rows themselves.
+        best = int(np.argmax(p["accuracy"][2:])) + 2
+        out["lm_position_route"]["evidence"] += (f"; after LM layer 0 the best slot probe reads "
+                                                 f"{p['accuracy'][best]:.2f} at {p['sites'][best]} "
+                                                 f"(control {p['shuffled_labels'][best]:.2f})")
     return out
 
 

@@ -18,12 +18,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
+import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,10 @@ from typing import Any
 import numpy as np
 
 FORMAT = "spatial_interp.labelled_array/1"
+TEMP_SUFFIX = ".tmp"
+"""Suffix of :func:`atomic_write`'s temporary siblings (``.NAME.XXXXXX.tmp``)."""
+
+log = logging.getLogger(__name__)
 
 
 class ResultError(ValueError):
@@ -46,7 +53,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binar
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as handle:
             write(handle)
@@ -69,6 +76,57 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
     return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+class FolderLockedError(RuntimeError):
+    """Another writer (process or thread) holds the folder's lock: two writers would corrupt each other."""
+
+
+@contextlib.contextmanager
+def folder_lock(root: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive advisory lock on ``root/.lock`` (``fcntl.flock``) for the ``with`` block.
+
+    Fails at once (never waits) when another writer holds it, naming the folder. ``flock`` belongs to
+    the open file, so it also excludes a second writer in the same process, and the kernel drops it
+    when a killed writer's process dies: a stale lock file never blocks a resume. The file is left in
+    place, since unlinking it would let a third writer lock a different inode.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError when held; other errors mean no lock either
+        os.close(fd)
+        raise FolderLockedError(
+            f"{root} is in use: another {what} is writing there (it holds {path}); wait for it to finish, "
+            "or pass a different out= folder") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a person looking at the folder
+        yield path
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_write` left in ``folder`` (not recursive).
+
+    Only call this while holding the folder's :func:`folder_lock`: a live writer's temporary file
+    looks the same.
+    """
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name.endswith(TEMP_SUFFIX) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    if removed:
+        log.info("removed %d stale temporary file(s) from %s", len(removed), folder)
+    return removed
 
 
 def _json_default(value: Any) -> Any:

@@ -15,6 +15,8 @@ and ``blocks.{s-1}.hook_resid_post``).
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -36,6 +38,18 @@ class Site:
     def __post_init__(self) -> None:
         if self.kind not in ("vision_block", "vision_out", "lm_resid"):
             raise SiteError(f"unknown site kind {self.kind!r}; use vision_block, vision_out or lm_resid")
+        if self.index is not None:
+            # A float (3.0, 2.5), bool or string index would address a different (or no) layer after an
+            # implicit conversion, so only true integers are accepted (numpy and 0-d torch integers become int).
+            try:
+                index = None if isinstance(self.index, bool) else operator.index(self.index)
+            except TypeError:
+                index = None
+            if index is None:
+                raise TypeError(f"{self.kind} index must be an int, got {self.index!r} "
+                                f"({type(self.index).__name__}); e.g. {self.kind}(3), or parse a string "
+                                f"with si.site.parse('{self.kind}.3')")
+            object.__setattr__(self, "index", index)
         if (self.kind == "vision_out") != (self.index is None):
             raise SiteError(f"{self.kind} {'takes no' if self.kind == 'vision_out' else 'needs an'} index")
         if self.index is not None and self.index < 0:
@@ -73,6 +87,8 @@ def lm_resid(s: int) -> Site:
 
 def parse(text: str) -> Site:
     """Parse ``"vision_block.3"``, ``"vision_out"``, ``"lm_resid.5"`` or ``"lm_resid.5.last_token"``."""
+    if not isinstance(text, str):
+        raise TypeError(f"site.parse() takes a string such as 'lm_resid.3', got {type(text).__name__}")
     parts = text.strip().split(".")
     last = parts[-1] == "last_token"
     if last:
@@ -84,9 +100,35 @@ def parse(text: str) -> Site:
             site = Site(parts[0], int(parts[1]))  # type: ignore[arg-type]
         else:
             raise ValueError
+    except SiteError as error:
+        raise SiteError(f"site {text!r}: {error}") from None
     except ValueError:
         raise SiteError(
             f"cannot parse site {text!r}; expected vision_block.K, vision_out, lm_resid.S "
             "or lm_resid.S.last_token"
         ) from None
     return site.last_token if last else site
+
+
+def resolve(site: Site | str) -> Site:
+    """``site`` as a :class:`Site`: a Site is returned as is, a string goes through :func:`parse`.
+
+    The one place every public primitive (collect, patch, sweep, steer, ablate) turns its ``site``
+    argument into a Site, so they all accept the same forms. Anything else is a TypeError.
+
+    >>> resolve("lm_resid.2.last_token") == lm_resid(2).last_token
+    True
+    """
+    if isinstance(site, Site):
+        return site
+    if isinstance(site, str):
+        return parse(site)
+    raise TypeError(f"a site must be a Site (e.g. si.site.lm_resid(3), si.site.vision_out) or its string form "
+                    f"('lm_resid.3', 'vision_out'), got {site!r} ({type(site).__name__})")
+
+
+def resolve_all(sites: Iterable[Site | str]) -> list[Site]:
+    """:func:`resolve` of each site (a single Site or string is refused: pass a list)."""
+    if isinstance(sites, (Site, str)):
+        raise TypeError(f"expected a list of sites, got the single site {sites!r}; wrap it in a list")
+    return [resolve(s) for s in sites]

@@ -50,7 +50,7 @@ def test_table_and_section_read_the_numbers():
     table = {r[0]: r[1] for r in rows[1:]}
     assert table["… image rows permuted at lm_resid(0)"] == "0.760"
     assert table["object swap at vision_out: cf answer"] == "0.700 (10 pairs)"
-    assert table["slot probe, best LM slot (shuffled labels)"] == "0.950 (0.350)"
+    assert table["slot probe, best LM slot ≥ 1 (shuffled labels)"] == "0.950 (0.350)"
     assert table["vision route: measured"] == "present" and table["LM positional route: planted"] == "absent"
     assert matches_planted(result) is True
     assert "1 of which the verdict recovers" in verdict_section([result]).text

@@ -12,7 +12,16 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._shared import add_model_argument, emit, load_model, model_name
+from ._shared import (
+    CommandError,
+    add_model_argument,
+    emit,
+    load_model,
+    model_name,
+    refuse_existing_file,
+    refuse_meta,
+    refuse_remote,
+)
 
 TASKS = ("squares", "shapes", "objects", "whatsup", "coco")
 
@@ -54,6 +63,16 @@ def run(args: argparse.Namespace) -> int:
     from ..data.catalog import system_text_for
     from ..evaluation import evaluate
 
+    # Every check on the options before the model loads: a bad --out must not cost the whole run.
+    refuse_remote(args, "eval")
+    refuse_meta(args, "eval")
+    refuse_existing_file(args.out, "eval", folder_too=True)
+    if args.batch_size < 1:
+        raise CommandError(f"eval --batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise CommandError(f"eval --limit must be >= 1, got {args.limit}")
+    if args.data is not None and not args.data.is_dir():
+        raise CommandError(f"eval --data {args.data}: no such folder")
     vlm = load_model(args)
     try:
         items = task_items(vlm, args.task, args.data)

@@ -12,7 +12,8 @@ from PIL import Image
 
 from .. import site as sites
 from ..geometry import GeometryError
-from ._shared import add_model_argument, emit, load_model, model_name
+from ..images import check_image_size
+from ._shared import add_model_argument, emit, load_model, model_name, refuse_remote
 
 EXAMPLES = """examples:
   spatial-interp geometry tiny-qwen2-vl --image-size 336 336 --box 28 140 84 196
@@ -36,6 +37,7 @@ def add_parser(subparsers, common) -> None:
 
 
 def box_report(vlm, size: tuple[int, int], box: tuple[float, ...]) -> dict:
+    size = check_image_size(size, "--image-size")  # before allocating the blank image
     batch = vlm.prepare([Image.new("RGB", size, "white")], ["describe"])
     layout = batch.layouts[0]
     region = layout.box_to_cells(box)
@@ -53,6 +55,9 @@ def box_report(vlm, size: tuple[int, int], box: tuple[float, ...]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_remote(args, "geometry")
+    if args.image_size:
+        check_image_size(tuple(args.image_size), "--image-size")  # before the model loads
     vlm = load_model(args)
     if args.verify:
         from ..models.verify import verify_geometry

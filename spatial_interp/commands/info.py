@@ -6,7 +6,8 @@ import argparse
 
 from PIL import Image
 
-from ._shared import add_model_argument, emit, load_model, model_name
+from ..images import check_image_size
+from ._shared import add_model_argument, emit, load_model, model_name, refuse_remote
 
 EXAMPLES = """examples:
   spatial-interp info tiny-qwen2-vl
@@ -27,6 +28,7 @@ def add_parser(subparsers, common) -> None:
 
 
 def describe(vlm, image_size: tuple[int, int]) -> dict:
+    image_size = check_image_size(image_size, "--image-size")  # before allocating the blank image
     batch = vlm.prepare([Image.new("RGB", image_size, "white")], ["describe"])
     layout = batch.layouts[0]
     return {
@@ -55,6 +57,9 @@ def describe(vlm, image_size: tuple[int, int]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_remote(args, "info")
+    if args.image_size:
+        check_image_size(tuple(args.image_size), "--image-size")  # before the model loads
     vlm = load_model(args)
     size = tuple(args.image_size) if args.image_size else vlm.adapter.native_size
     info = describe(vlm, size)

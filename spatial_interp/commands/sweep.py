@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._shared import add_model_argument, emit, load_model, model_name
+from ._shared import CommandError, add_model_argument, emit, load_model, model_name, refuse_existing_file, refuse_meta
 
 EXAMPLES = """examples:
   spatial-interp sweep tiny-qwen2-vl --task squares --pairs-per-direction 4 --out runs/sweep-tiny
@@ -64,6 +64,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.pairs_per_direction < 1:
         raise SystemExit("--pairs-per-direction must be >= 1")
+    refuse_meta(args, "sweep", remote_ok=True)
+    if args.filter and str(args.device).startswith("meta"):
+        raise CommandError("sweep --filter runs the model locally to keep correctly answered pairs, but --device "
+                           "meta loads no weights; drop --filter or use --device cpu/cuda")
+    refuse_existing_file(args.out, "sweep")
+    for name in ("batch_size", "pairs_per_chunk"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"sweep --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    site_names = [sites.parse(s) for s in args.sites] if args.sites else None  # a typo fails before loading
     vlm = load_model(args)
     task = task_for(args.task, vlm.canvas)
     keep = answers_correctly(vlm) if args.filter else None
@@ -72,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
     pairs = [as_pair(p) for p in pair_set]
     if not pairs:
         raise SystemExit("no pairs survived; drop --filter or raise --pairs-per-direction")
-    site_list = ([sites.parse(s) for s in args.sites] if args.sites
-                 else [sites.lm_resid(s) for s in range(vlm.n_lm_layers + 1)])
+    site_list = site_names or [sites.lm_resid(s) for s in range(vlm.n_lm_layers + 1)]
     regions = {name: spec for name, spec in criss_cross_regions(vlm, args.strip_widths).items()
                if name in args.regions}
     metric = {"probs": metrics.answer_probs(vlm.tokenizer), "top1": metrics.top1(vlm.tokenizer),

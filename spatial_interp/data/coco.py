@@ -28,6 +28,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..images import to_rgb
 from .canvas import Box
 from .items import Entity, Item, ItemSet
 
@@ -189,7 +190,8 @@ def load_coco_image(coco_dir: str | os.PathLike[str], image_id: int) -> Image.Im
     if not path.is_file():
         raise FileNotFoundError(f"COCO image not found: {path}. It is one of the {IMAGES_HINT}.")
     with Image.open(path) as im:
-        return im.convert("RGB")
+        rgb = to_rgb(im, str(path))
+        return rgb.copy() if rgb is im else rgb  # the file closes on leaving the block
 
 
 def eval_order(records: Sequence[CocoRecord], model: str) -> list[CocoRecord]:

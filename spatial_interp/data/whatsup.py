@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..images import to_rgb
 from .items import Entity, Item, ItemSet
 from .pairs import KeepFn, PairSet, build_pairs
 from .prompts import orientation_of, whatsup_prompt
@@ -64,7 +65,7 @@ DATA_HINT = ("the public What'sUp benchmark (Kamath et al., 2023): put its contr
 def halves_composite(left_photo: Image.Image, right_photo: Image.Image, size: int) -> Image.Image:
     """Left half of ``left_photo`` + right half of ``right_photo``, both resized (bilinear) to ``size``."""
     def fit(im: Image.Image) -> Image.Image:
-        im = im.convert("RGB")
+        im = to_rgb(im, "What'sUp photo")
         return im if im.size == (size, size) else im.resize((size, size), Image.Resampling.BILINEAR)
 
     a, b = fit(left_photo), fit(right_photo)
@@ -91,7 +92,8 @@ class WhatsUpImages:
         if not path.is_file():
             raise FileNotFoundError(f"What'sUp image not found: {path}. The data is {DATA_HINT}.")
         with Image.open(path) as im:
-            return im.convert("RGB")
+            rgb = to_rgb(im, str(path))
+            return rgb.copy() if rgb is im else rgb  # the file closes on leaving the block
 
     def has(self, obj: str, reference: str) -> bool:
         """True if both the left_of and right_of photos of ``obj`` with ``reference`` exist."""

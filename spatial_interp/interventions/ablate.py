@@ -34,7 +34,7 @@ from torch import Tensor
 from ..geometry import Box, GeometryError, ImageLayout, Region
 from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..results import LabelledArray, provenance
-from ..site import Site, lm_resid
+from ..site import Site, lm_resid, resolve
 from .engine import Edit, Read, run
 from .examples import Example, as_example
 
@@ -74,6 +74,7 @@ class Ablation:
     def __post_init__(self) -> None:
         if not callable(self.references):
             raise TypeError("Ablation.references must be a function (example, layout) -> list[Reference]")
+        object.__setattr__(self, "site", resolve(self.site))
         if self.site.only_last_token:
             raise ValueError("ablation replaces image positions; use an lm_resid(s) site without .last_token")
 

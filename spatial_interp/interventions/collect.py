@@ -5,6 +5,12 @@ are written as one ``.npy`` per site (atomically) and dropped, so peak memory de
 not on the number of items. The result is an :class:`ActivationStore`: rows labelled by item id,
 site and cell (flat id ``row * cols + col``; ``-1`` for a ``last_token`` site).
 
+A collection does not resume: ``store.json`` is written last, so an interrupted run leaves a folder
+that no :class:`ActivationStore` opens, and a finished store is never written over. While it runs,
+``out/.lock`` (an ``fcntl.flock``) keeps a second writer out; temporary files of a killed writer
+are removed when the next one starts, and ``store.json`` records a sha256 of every chunk file so
+:meth:`ActivationStore.verify` can tell a damaged store from a good one.
+
 Example:
     >>> import tempfile, spatial_interp as si
     >>> from PIL import Image
@@ -19,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -32,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.vlm import DEFAULT_SYSTEM, VLM
-from ..results import LabelledArray, atomic_write, provenance, write_json, write_npz
+from ..results import LabelledArray, atomic_write, folder_lock, provenance, remove_stale_temps, write_json, write_npz
 from ..site import Site, parse
 from .engine import Read, run
 from .examples import Example, RegionSpec, as_example, resolve_region
@@ -47,6 +54,14 @@ class StoreError(ValueError):
 
 def _site_dir(site: Site | str) -> str:
     return str(site)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _to_storage(values: torch.Tensor, dtype: str) -> np.ndarray:
@@ -83,7 +98,8 @@ def collect(
         items: examples, ``(image, prompt)`` tuples or ``data`` items; any iterable, read lazily.
         sites: sites to read (``lm_resid(s).last_token`` stores the final position only).
         regions: which cells (a Region, a function ``(example, layout) -> Region``, or None for all).
-        out: a new (or empty) folder.
+        out: a new folder, or one without a finished store (it is locked while collecting; a second
+            writer fails at once).
         dtype: storage precision: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"``.
         total: number of items, for the progress bar's ETA when ``items`` is a generator.
     """
@@ -97,14 +113,27 @@ def collect(
     for site in sites:
         vlm.check_site(site)
     root = Path(out)
-    if (root / "store.json").exists():
-        raise StoreError(f"{root} already holds an activation store; choose a new out= folder")
-    root.mkdir(parents=True, exist_ok=True)
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
+    with folder_lock(root, "collect"):
+        return _collect_locked(vlm, items, sites, regions, root, batch_size=batch_size, dtype=dtype, system=system,
+                               remote=remote, progress=progress, total=total)
+
+
+def _collect_locked(vlm: VLM, items: Iterable[Any], sites: Sequence[Site], regions: RegionSpec, root: Path, *,
+                    batch_size: int, dtype: str, system: Any, remote: bool | str, progress: bool,
+                    total: int | None) -> ActivationStore:
+    """:func:`collect`'s work, run while holding ``root``'s lock."""
+    if (root / "store.json").exists():
+        raise StoreError(f"{root} already holds an activation store; choose a new out= folder, or delete {root} "
+                         "(or open it with ActivationStore.open) instead of collecting into it again")
+    remove_stale_temps(root)
+    for site in sites:
+        remove_stale_temps(root / _site_dir(site))
 
     widths: dict[str, int] = {}
     grids: dict[str, list[int]] = {}
+    checksums: dict[str, str] = {}
     n_items, n_chunks = 0, 0
     iterator = iter(items)
     with tqdm(total=total, desc="collect", unit="item", disable=not progress, dynamic_ncols=True) as bar:
@@ -137,10 +166,14 @@ def collect(
                 folder = root / _site_dir(site)
                 stem = f"chunk_{n_chunks:06d}"
                 array = _to_storage(values, dtype)
-                atomic_write(folder / f"{stem}.npy", lambda f, array=array: np.save(f, array))
-                write_npz(folder / f"{stem}.index.npz",
-                          {"item": item_index.astype(np.int64), "cell": torch.cat(cells).numpy().astype(np.int32),
-                           "ids": ids})
+                written = [
+                    atomic_write(folder / f"{stem}.npy", lambda f, array=array: np.save(f, array)),
+                    write_npz(folder / f"{stem}.index.npz",
+                              {"item": item_index.astype(np.int64), "cell": torch.cat(cells).numpy().astype(np.int32),
+                               "ids": ids}),
+                ]
+                for path in written:  # read back from the page cache: what is on disk is what gets hashed
+                    checksums[path.relative_to(root).as_posix()] = _file_sha256(path)
             n_items += len(chunk)
             n_chunks += 1
             bar.update(len(chunk))
@@ -148,7 +181,7 @@ def collect(
         raise ValueError("collect() got no items")
     meta = {
         "format": STORE_FORMAT, "sites": [str(s) for s in sites], "dtype": dtype, "widths": widths,
-        "n_items": n_items, "n_chunks": n_chunks, "grids": grids,
+        "n_items": n_items, "n_chunks": n_chunks, "grids": grids, "checksums": checksums,
         "provenance": provenance(vlm, config={"primitive": "collect", "sites": [str(s) for s in sites],
                                               "batch_size": batch_size, "dtype": dtype}),
     }
@@ -231,6 +264,27 @@ class ActivationStore:
         return LabelledArray(values.reshape(n, k, -1), ("item", "cell", "d"),
                              {"item": self.item_ids(), "cell": cells.tolist()},
                              attrs={"site": str(site)}, provenance=self.provenance)
+
+    def verify(self) -> None:
+        """Check every chunk file against the sha256 recorded when it was written (reads them all).
+
+        Raises:
+            StoreError: naming the files that are missing or differ (the store must be collected again).
+        """
+        checksums = self.meta.get("checksums")
+        if checksums is None:
+            raise StoreError(f"{self.root} records no checksums (written by an older version); it cannot be verified")
+        bad = []
+        for name, expected in sorted(checksums.items()):
+            path = self.root / name
+            if not path.is_file():
+                bad.append(f"{name} (missing)")
+            elif _file_sha256(path) != expected:
+                bad.append(f"{name} (changed or corrupted)")
+        if bad:
+            raise StoreError(f"{self.root} is damaged: {', '.join(bad[:10])}"
+                             f"{f' and {len(bad) - 10} more' if len(bad) > 10 else ''}; collect it again into a new "
+                             "out= folder")
 
     def __repr__(self) -> str:
         return f"ActivationStore({str(self.root)!r}, items={self.meta['n_items']}, sites={self.sites})"

@@ -32,15 +32,30 @@ from dataclasses import dataclass
 from typing import Literal
 
 import nnsight
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..geometry import ImageLayout
 from ..models.vlm import VLM, Batch
-from ..site import Site, lm_resid
+from ..site import Site, lm_resid, resolve
 
 EditKind = Literal["set", "copy", "steer"]
+
+
+def check_finite(values: Tensor | np.ndarray, name: str, fix: str = "") -> None:
+    """Raise ValueError naming ``name`` and how many of its entries are NaN or infinite.
+
+    A single NaN in a steering direction or an α turns every steered activation (and, through
+    ``0 · NaN``, even the α = 0 rows) into NaN, and the scores into silent nonsense; refusing at the
+    boundary names the culprit instead.
+    """
+    array = values.detach().float().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values, dtype=float)
+    bad = int((~np.isfinite(array)).sum())
+    if bad:
+        raise ValueError(f"{name} has {bad} non-finite (NaN or inf) entr{'y' if bad == 1 else 'ies'} out of "
+                         f"{array.size}" + (f"; {fix}" if fix else ""))
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,9 @@ class Edit:
     source_rows: Int[Tensor, " n"] | None = None
     source_positions: Int[Tensor, " n"] | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "site", resolve(self.site))
+
     @classmethod
     def set(cls, site: Site, rows: Tensor | None, positions: Tensor, values: Tensor, phase: int = 1) -> Edit:
         """Overwrite the rows with ``values`` (patching, ablation)."""
@@ -86,9 +104,17 @@ class Edit:
     @classmethod
     def steer(cls, site: Site, rows: Tensor | None, positions: Tensor, directions: Tensor, alphas: Tensor,
               phase: int = 2) -> Edit:
-        """``h += α · Σ_k (⟨h, w_k⟩ / (‖w_k‖² + 1e-8)) · w_k`` on the rows (§8.3)."""
+        """``h += α · Σ_k (⟨h, w_k⟩ / (‖w_k‖² + 1e-8)) · w_k`` on the rows (§8.3).
+
+        ``directions`` and ``alphas`` must be finite (ValueError otherwise). A zero direction adds
+        nothing (its projection is 0, never 0/0), so α = 0 and all-zero directions are the identity.
+        """
         if alphas.shape[0] != positions.shape[0]:
             raise ValueError(f"{positions.shape[0]} positions but {alphas.shape[0]} alphas")
+        if directions.dim() != 2:
+            raise ValueError(f"steering directions must be (k, d), got shape {tuple(directions.shape)}")
+        check_finite(directions, "steering directions", "fix or drop the direction rows holding them")
+        check_finite(alphas, "steering alphas", "give finite α values")
         return cls(site, rows, positions, "steer", directions=directions, alphas=alphas, phase=phase)
 
 
@@ -99,6 +125,9 @@ class Read:
     site: Site
     rows: Int[Tensor, " n"] | None
     positions: Int[Tensor, " n"]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "site", resolve(self.site))
 
 
 @dataclass
@@ -164,8 +193,11 @@ def _build_plan(vlm: VLM, edits: Sequence[Edit], reads: Sequence[Read]) -> tuple
                 ops.append(("copy", rows, positions, torch.cat([e.source_positions for e in members]).to(device),
                             None if source_rows is None else source_rows.to(device), None))
             else:
-                w = members[0].directions.to(device=device, dtype=dtype)
-                scaled = w / (w.pow(2).sum(-1, keepdim=True) + 1e-8)
+                # w / (‖w‖² + 1e-8) in float32 before the cast: in float16 the 1e-8 underflows to 0, so a
+                # zero direction would give 0/0 = NaN (and NaN · α = NaN even at α = 0).
+                w32 = members[0].directions.to(device=device, dtype=torch.float32)
+                scaled = (w32 / (w32.pow(2).sum(-1, keepdim=True) + 1e-8)).to(dtype)
+                w = w32.to(dtype)
                 alphas = torch.cat([e.alphas for e in members]).to(device=device, dtype=dtype)
                 ops.append(("steer", rows, positions, alphas, w, scaled))
         read_rows = read_positions = None
@@ -220,7 +252,16 @@ def run(
             with the ``lm_resid(m)`` edits applied, since without edits below ``m`` they would
             recompute exactly ``h``. Edits and reads must all be at ``lm_resid(s)``, ``s >= m``.
         remote: ``False`` (local), ``True`` (NDIF) or ``"local"`` (nnsight's serialisation round trip).
+            ``True`` first checks, without a network call, that NDIF could serve the request
+            (:func:`~spatial_interp.models.remote.check_remote`).
     """
+    if not (isinstance(remote, bool) or remote == "local"):
+        raise ValueError(f"remote must be False (local), True (NDIF) or 'local' (serialisation round trip), "
+                         f"got {remote!r}")
+    if remote is True:
+        from ..models.remote import check_remote
+
+        check_remote(vlm)
     if vision_features is not None:
         vision = [x.site for x in [*edits, *reads] if x.site.is_vision]
         if vision:

@@ -43,7 +43,7 @@ from torch import Tensor
 from ..geometry import GeometryError, ImageLayout, Region
 from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..results import LabelledArray, provenance
-from ..site import Site, lm_resid
+from ..site import Site, lm_resid, resolve
 from .ablate import Ablation
 from .engine import Edit, Read, repeat_batch, run, vision_feature_reads
 from .examples import Example, PatchPair, RegionSpec, Swap, as_pair, pair_name, resolve_region
@@ -62,6 +62,8 @@ class Intervention:
     pairing: Pairing = "same"
 
     def __post_init__(self) -> None:
+        # Strings ("lm_resid.3") are accepted like collect() accepts them, so patch and sweep agree.
+        object.__setattr__(self, "site", resolve(self.site))
         check_pairing(self.pairing)
 
 
@@ -71,6 +73,14 @@ class ChunkResult:
     clean: Float[Tensor, "pairs m"]
     source: Float[Tensor, "pairs m"]
     names: list[str]
+
+
+def check_batch_size(batch_size: int, name: str = "batch_size") -> None:
+    """A positive int, or a clear error (0 would loop forever or fail deep inside ``range``)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"{name} must be an int >= 1, got {batch_size!r} ({type(batch_size).__name__})")
+    if batch_size < 1:
+        raise ValueError(f"{name} must be >= 1, got {batch_size}")
 
 
 def check_pairing(pairing: str) -> None:
@@ -303,11 +313,11 @@ def patch(
     Returns:
         ``(pair, metric)`` array; ``extras["clean"]`` and ``extras["source"]`` hold the unpatched runs.
     """
+    site = resolve(site)
     pairs = list(pairs)  # converted (data pairs rendered) one batch at a time
     if not pairs:
         raise ValueError("patch() needs at least one pair")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     metric = metric if metric is not None else default_metric(vlm, [as_pair(pairs[0])])
     check_pairing(pairing)
     intervention = Intervention(site, region, pairing=pairing)
@@ -339,9 +349,11 @@ def patch_logits(
     remote: bool | str = False,
 ) -> Float[Tensor, "pair vocab"]:
     """Final-position logits of each patched clean run (same arguments as :func:`patch`)."""
+    site = resolve(site)
     pairs = [as_pair(p) for p in pairs]
     if not pairs:
         raise ValueError("patch_logits() needs at least one pair")
+    check_batch_size(batch_size)
     return torch.cat([
         run_chunk(vlm, pairs[s:s + batch_size], [Intervention(site, region, pairing=pairing)], raw_logits(),
                   per_forward=1, ablation=ablation, system=system, remote=remote).patched[0]

@@ -106,6 +106,41 @@ def labelled_rows(store: ActivationStore, site: Any, labels: Labels) -> tuple[np
     return X, y, g
 
 
+def _check_training_data(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                                    np.ndarray]:
+    """``(X float32, y int64, groups)`` after shape, label and finiteness checks.
+
+    A NaN or inf feature makes scikit-learn raise deep inside its solver and AdamW return NaN weights
+    (every later steer with them NaN), so both are refused here with the count and the fix.
+    """
+    if X.ndim != 2:
+        raise ValueError(f"probe features X must be 2-D (rows, d), got shape {X.shape}")
+    if y.ndim != 1 or groups.ndim != 1 or not len(X) == len(y) == len(groups):
+        raise ValueError(f"X, y and groups must have one entry per row: got X {X.shape}, y {y.shape}, "
+                         f"groups {groups.shape}")
+    if len(y) == 0:
+        raise ValueError("no training rows: X, y and groups are empty")
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise TypeError(f"probe features X must be numbers, got dtype {X.dtype}")
+    X = X.astype(np.float32)
+    bad = int((~np.isfinite(X)).sum())
+    if bad:
+        rows = int((~np.isfinite(X)).any(1).sum())
+        raise ValueError(f"probe features X have {bad} non-finite (NaN or inf) entries in {rows} of {len(X)} rows; "
+                         "drop those rows (e.g. X[np.isfinite(X).all(1)]) or re-collect the activations")
+    if y.dtype == bool:
+        y = y.astype(np.int64)
+    elif np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise ValueError("labels y must be integer class indices 0..n_classes-1, got non-integer values "
+                             f"such as {y[~np.isfinite(y) | (y != np.round(y))][:3].tolist()}")
+        y = y.astype(np.int64)
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"labels y must be integer class indices 0..n_classes-1, got dtype {y.dtype}; map class "
+                        "names to indices and pass the names as classes=")
+    return X, y, groups
+
+
 def _label(labels: Labels, item_id: str, cell: int) -> int | None:
     value = labels(item_id, cell)
     return None if value is None else int(value)
@@ -165,9 +200,12 @@ class Probe:
             ids = data.item_ids()
             group_names = [ids[g] for g in range(len(ids))]
         else:
+            if not isinstance(data, (tuple, list)) or len(data) != 3:
+                raise TypeError("Probe.fit takes an ActivationStore or a tuple (X, y, groups) of features "
+                                f"(n, d), class indices (n,) and item ids (n,); got {type(data).__name__}")
             X, y, groups = (np.asarray(a) for a in data)
             group_names = None
-        X = X.astype(np.float32)
+        X, y, groups = _check_training_data(X, y, groups)
         n_classes = int(y.max()) + 1 if classes is None else len(classes)
         classes = list(classes) if classes is not None else [str(k) for k in range(n_classes)]
         if y.min() < 0 or y.max() >= n_classes:

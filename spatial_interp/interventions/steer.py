@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,11 @@ from tqdm.auto import tqdm
 
 from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..results import LabelledArray, provenance
-from ..site import Site, lm_resid
-from .engine import Edit, repeat_batch, run, vision_feature_reads
+from ..site import Site, lm_resid, resolve
+from .engine import Edit, check_finite, repeat_batch, run, vision_feature_reads
 from .examples import Example, RegionSpec, as_example, resolve_region
 from .metrics import Metric, default_metric, evaluate, raw_logits, top1
+from .patch import check_batch_size
 
 LM_INPUT = lm_resid(0)
 
@@ -54,13 +55,36 @@ def _directions_for(directions: Any, example: Example, d_model: int) -> Tensor:
     if hasattr(directions, "directions") and not callable(directions):
         directions = directions.directions
     w = directions(example) if callable(directions) else directions
-    w = torch.as_tensor(np.asarray(w) if isinstance(w, np.ndarray) else w).float()
+    try:
+        w = torch.as_tensor(np.asarray(w) if isinstance(w, np.ndarray) else w).float()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"steering directions must be a (k, d_model={d_model}) tensor or array, a fitted Probe, or "
+                        f"a function example -> (k, d); got {type(w).__name__}") from None
     if w.dim() == 1:
         w = w[None]
     if w.dim() != 2 or w.shape[1] != d_model:
         raise ValueError(f"steering directions must be (k, d_model={d_model}), got {tuple(w.shape)}; "
                          "a probe's W of shape (d, k) must be transposed")
+    check_finite(w, f"steering directions (for item {example.name})",
+                 "fix or drop the direction rows holding them (a probe fitted on NaN features has NaN weights)")
     return w
+
+
+def check_alphas(alphas: Any) -> list[float]:
+    """The α grid as floats; refuses a bare number, non-numbers, NaN/inf and an empty grid."""
+    if isinstance(alphas, (int, float, str, bytes)) or not isinstance(alphas, Iterable):
+        raise TypeError(f"alphas must be a sequence of numbers such as [0, 1, 2] or range(16), got {alphas!r}")
+    values = alphas.tolist() if isinstance(alphas, (np.ndarray, Tensor)) else list(alphas)
+    if not isinstance(values, list):  # a 0-d array or tensor
+        raise TypeError(f"alphas must be a sequence of numbers such as [0, 1, 2] or range(16), got {alphas!r}")
+    try:
+        floats = [float(a) for a in values]
+    except (TypeError, ValueError):
+        raise TypeError(f"alphas must all be numbers, got {values!r}") from None
+    if not floats:
+        raise ValueError("steer() needs at least one alpha (e.g. alphas=[0, 1, 2])")
+    check_finite(np.array(floats), "alphas", f"got {floats}; give finite α values")
+    return floats
 
 
 def steer_logits(
@@ -81,9 +105,9 @@ def steer_logits(
     examples = [as_example(i) for i in items]
     if not examples:
         raise ValueError("steer() needs at least one item")
-    alphas = [float(a) for a in alphas]
-    if not alphas:
-        raise ValueError("steer() needs at least one alpha")
+    alphas = check_alphas(alphas)
+    check_batch_size(batch_size)
+    site = resolve(site)
     vlm.check_site(site)
     metric = metric if metric is not None else raw_logits()
     per_forward_items = min(batch_size, len(examples))
@@ -111,6 +135,8 @@ def steer_logits(
                 stacked = repeat_batch(vlm, batch, len(group))
                 edits = []
                 for r, alpha in enumerate(group):
+                    if alpha == 0:
+                        continue  # α = 0 is the unsteered forward: no edit at all, whatever the directions
                     for j in range(len(chunk)):
                         layout = stacked.layouts[r * len(chunk) + j]
                         positions = targets[j]
@@ -152,8 +178,12 @@ def steer(
         metric: default top-1 correctness against each item's answer when items have answers.
         batch_size: rows per forward (items × α stacked).
 
-    ``extras["baseline"]`` is the unsteered ``(item, metric)``.
+    ``extras["baseline"]`` is the unsteered ``(item, metric)``. Non-finite α or directions, an
+    empty α grid and ``batch_size < 1`` are refused before any forward.
     """
+    alphas = check_alphas(alphas)
+    check_batch_size(batch_size)
+    site = resolve(site)
     examples = [as_example(i) for i in items]
     if metric is None:
         metric = top1(vlm.tokenizer) if examples and examples[0].answer is not None else default_metric(vlm, examples)
@@ -255,12 +285,17 @@ def amplification(
     probe has, drawn from ``seed`` (the paper's control draws them unseeded; here they are
     reproducible). Items need answers (top-1 scoring). Returns ``(summary, probe_run, random_run)``.
     """
+    alphas = check_alphas(alphas)
+    check_batch_size(batch_size)
     examples = [as_example(i) for i in items]
     if not examples or examples[0].answer is None:
         raise ValueError("amplification() scores top-1 answers: give items with an answer")
+    # Both direction sets are checked (shape, finiteness) before the probe run does any work.
+    k = _directions_for(directions, examples[0], vlm.d_model).shape[0]
     if random is None:
-        k = _directions_for(directions, examples[0], vlm.d_model).shape[0]
         random = random_directions(vlm.d_model, k, seed=seed)
+    else:
+        _directions_for(random, examples[0], vlm.d_model)
     options = dict(alphas=alphas, site=site, region=region, batch_size=batch_size, system=system,
                    remote=remote, progress=progress)
     probe_run = steer(vlm, examples, directions, **options)

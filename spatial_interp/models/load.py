@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,15 @@ def load(
         revision: hub revision of a real checkpoint.
         model_kwargs: passed to ``from_pretrained`` (e.g. ``attn_implementation``, ``device_map``).
     """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)  # a local checkpoint folder given as a Path
+    if not isinstance(name, str):
+        raise TypeError(f"si.load() takes a model name string, got {name!r} ({type(name).__name__}): pass a hub id "
+                        f"such as 'Qwen/Qwen2-VL-7B-Instruct', a local checkpoint folder, or one of "
+                        f"{', '.join(tiny_names() + organism_names())}")
+    if not name.strip():
+        raise UnknownModelError("si.load() got an empty model name: pass a hub id, a local checkpoint folder, or one "
+                                f"of {', '.join(tiny_names() + organism_names())}")
     torch_dtype = resolve_dtype(dtype)
     if name.startswith(TINY_PREFIX):
         vlm = _load_tiny(name, seed)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from .. import site as sites
 from ..geometry import Box, ImageLayout
+from ..site import Site
 from .vlm import VLM
 
 SITES = (sites.vision_block(0), sites.vision_out, sites.lm_resid(0))
@@ -74,7 +75,8 @@ class VerifyReport:
         return all(c.passed for c in self.cases)
 
     def per_site(self) -> dict[str, bool]:
-        return {str(s): all(c.sites[str(s)]["passed"] for c in self.cases) for s in SITES}
+        names = dict.fromkeys(name for c in self.cases for name in c.sites)
+        return {name: all(c.sites[name]["passed"] for c in self.cases) for name in names}
 
     def to_dict(self) -> dict:
         return {
@@ -103,15 +105,22 @@ def perturb(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def checked_sites(vlm: VLM) -> tuple[Site, ...]:
+    """The sites the check covers: a vision tower of depth 0 (each token its own patch's embedding, as in
+    the planted position organism) has no vision block to check."""
+    return SITES if vlm.n_vision_blocks else SITES[1:]
+
+
 def _capture(vlm: VLM, images: list[Image.Image]) -> tuple[list[ImageLayout], dict[str, torch.Tensor]]:
     batch = vlm.prepare(images, [PROMPT] * len(images))
     saved = {}
-    first_block = vlm.envoy.get(f"{vlm.adapter.vision_blocks}.0")
+    sites = checked_sites(vlm)
     with torch.no_grad(), bypass_vision_blocks(vlm), vlm.trace(batch):
-        # Block 0's input: under the bypass every block's output equals it, in the same row order.
-        patches = first_block.input
-        saved[str(SITES[0])] = vlm.adapter.flatten_vision(patches).detach().clone().save()
-        for s in SITES[1:]:
+        if sites[0] == SITES[0]:
+            # Block 0's input: under the bypass every block's output equals it, in the same row order.
+            patches = vlm.envoy.get(f"{vlm.adapter.vision_blocks}.0").input
+            saved[str(SITES[0])] = vlm.adapter.flatten_vision(patches).detach().clone().save()
+        for s in sites[1 if sites[0] == SITES[0] else 0:]:
             saved[str(s)] = vlm.stream(s).detach().clone().save()
     return batch.layouts, saved
 
@@ -165,7 +174,7 @@ def verify_geometry(
             layouts, clean = _capture(vlm, [base, perturb(base, box)])
             region = layouts[0].box_to_cells(box)
             result = CaseResult(size, box, aligned, len(region))
-            for s in SITES:
+            for s in checked_sites(vlm):
                 acts = clean[str(s)]
                 if s.kind == "lm_resid":
                     # Same prompt and image size, so both items sit at the same positions.

@@ -28,7 +28,8 @@ from PIL import Image
 from torch import Tensor
 
 from ..geometry import ImageLayout
-from ..site import Site, SiteError
+from ..images import to_rgb
+from ..site import Site, SiteError, resolve
 from .adapters import Adapter
 
 DEFAULT_SYSTEM = object()
@@ -159,6 +160,10 @@ class VLM:
     ) -> Batch:
         """Process ``images`` and user ``prompts`` (one image each) into a left-padded batch.
 
+        Images are converted to 8-bit RGB by :func:`spatial_interp.images.to_rgb` (16-bit and float
+        images scaled by their range, transparency composited on white, each such change logged as a
+        warning); an image with a zero side or over ``MAX_IMAGE_PIXELS`` pixels is a ValueError.
+
         Args:
             system: system text; defaults to the paper's, ``None`` for the template's own default.
             chat: apply the processor's chat template; ``False`` takes ``prompts`` as final texts
@@ -169,10 +174,12 @@ class VLM:
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image")
         if not images:
             raise ValueError("prepare() needs at least one (image, prompt) pair")
-        for i, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"images[{i}] is {type(image).__name__}, expected a PIL.Image.Image")
-        images = [im.convert("RGB") for im in images]
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompts[{i}] is {type(prompt).__name__}, expected a str")
+        # One conversion policy (16-bit and float scaled by their range, alpha composited on white,
+        # zero-size and oversized images refused): see spatial_interp.images.
+        images = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
         texts = [self.render(p, system) for p in prompts] if chat else prompts
         self.tokenizer.padding_side = "left"
         # One image per prompt, nested per sample: the form every processor accepts for a batch.
@@ -194,6 +201,10 @@ class VLM:
         Batching is one invoke holding every item (nnsight refuses several multimodal invokes);
         index rows with each item's :class:`ImageLayout`.
         """
+        if remote is True:
+            from .remote import check_remote
+
+            check_remote(self)
         return self.envoy.trace(**batch.inputs, remote=remote, **kwargs)
 
     def module_path(self, site: Site) -> str:
@@ -237,8 +248,9 @@ class VLM:
         """Plain forward (no trace): logits."""
         return self.model(**batch.inputs).logits
 
-    def check_site(self, site: Site) -> None:
-        """Raise :class:`SiteError` if ``site`` does not exist in this model."""
+    def check_site(self, site: Site | str) -> None:
+        """Raise :class:`SiteError` if ``site`` (a Site or its string form) does not exist in this model."""
+        site = resolve(site)
         limits = {"vision_block": self.n_vision_blocks - 1, "lm_resid": self.n_lm_layers, "vision_out": None}
         top = limits[site.kind]
         if top is not None and not 0 <= site.index <= top:

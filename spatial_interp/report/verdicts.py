@@ -31,7 +31,8 @@ def route_word(present: bool | None) -> str:
 
 
 def _best_lm(values: Sequence[float], control: Sequence[float]) -> str:
-    best = max(range(1, len(values)), key=lambda i: values[i])
+    # Sites are (vision_out, lm_resid(0), lm_resid(1), ...); lm_resid(0)'s image rows are vision_out's.
+    best = max(range(2, len(values)), key=lambda i: values[i])
     return f"{values[best]:.3f} ({control[best]:.3f})"
 
 
@@ -46,7 +47,7 @@ MEASUREMENTS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("object swap, best LM slot: cf answer", lambda n: f"{max(n['swaps']['object']['cf answer'][1:]):.3f}"),
     ("slot probe at vision_out (shuffled labels)",
      lambda n: f"{n['probes']['accuracy'][0]:.3f} ({n['probes']['shuffled_labels'][0]:.3f})"),
-    ("slot probe, best LM slot (shuffled labels)",
+    ("slot probe, best LM slot ≥ 1 (shuffled labels)",
      lambda n: _best_lm(n["probes"]["accuracy"], n["probes"]["shuffled_labels"])),
 )
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_torch_save, atomic_write_json, save_pretrained_atomic
 from .encode import BatchEncoder
-from .organisms import OrganismSpec
+from .organisms import OrganismSpec, TrainRecipe
 from .routes import IGNORE, draw_routes, order_labels, splice_index
 from .stimuli import LayoutConfig, Renderer, Scene, random_scene
 
@@ -297,7 +297,7 @@ def train(
         except Exception as error:
             raise ValueError(f"{state_path} is not a readable training checkpoint ({type(error).__name__}: "
                              f"{error}); delete it or pass --no-resume to start afresh") from error
-        if state["spec"] != _spec_record(spec, seed):
+        if not _same_spec(state["spec"], _spec_record(spec, seed)):
             raise ValueError(f"{state_path} was written for a different spec or seed; use another --out or --no-resume")
         log.info("resuming %s at attempt %d step %d", out, state["attempt"], state["step"])
 
@@ -392,6 +392,14 @@ def train(
     summary["threads"] = torch.get_num_threads()
     atomic_write_json(out / "train_summary.json", summary)
     return result
+
+
+def _same_spec(stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a checkpoint's spec is this one. Recipe fields added after it was written count as their
+    defaults (a field that did not exist could not have been set), so old runs still resume."""
+    defaults = asdict(TrainRecipe())
+    recipe = {**{k: v for k, v in defaults.items() if k not in stored.get("recipe", {})}, **stored.get("recipe", {})}
+    return {**stored, "recipe": recipe} == current
 
 
 def _spec_record(spec: OrganismSpec, seed: int) -> dict[str, Any]:

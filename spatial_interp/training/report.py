@@ -95,6 +95,20 @@ def ship_folder(src: Path, dst: Path) -> None:
         raise
 
 
+def refresh_card(spec: OrganismSpec, folder: Path) -> None:
+    """Rewrite a finished organism's verdict and card from its stored measurements (no model run): the
+    verdict is a pure function of the numbers, so wording or threshold changes need no re-measurement."""
+    from ..mechanism import verdict
+
+    metrics = json.loads((folder / METRICS_FILE).read_text())
+    if metrics.get("verdict"):
+        metrics["verdict"]["verdict"] = verdict(metrics["verdict"]["numbers"])
+    atomic_write_json(folder / METRICS_FILE, metrics)
+    atomic_write_text(folder / CARD_FILE, model_card(spec, metrics, {}))
+    for name in (METRICS_FILE, CARD_FILE):
+        (folder / name).chmod(0o644)  # package data: world-readable, as ship_folder leaves it
+
+
 def organism_record(spec: OrganismSpec) -> dict[str, Any]:
     """``organism.json``: what a planted organism is, read by ``si.load`` into ``vlm.info.extra["organism"]``."""
     return {"mechanism": spec.mechanism, "planted": PLANTED_TRUTH[spec.mechanism],
@@ -218,7 +232,7 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
             "before training.",
         ]
     if spec.mechanism != "emergent":
-        lines += ["", *verdict_lines(spec, metrics)]
+        lines += ["", *verdict_lines(spec, metrics.get("verdict") or {})]
     lines += [
         "",
         "## Training",

@@ -163,8 +163,9 @@ def test_strip_bands():
     assert strip_bands("gemma3", "vertical")[0].cols == (0, 16)
     with pytest.raises(ValueError):
         strip_bands("qwen2_vl", "horizontal", widths=(4, 3, 2))
-    with pytest.raises(ValueError):
-        strip_bands("llava", "horizontal")
+    assert [b.cols for b in strip_bands("llava", "horizontal")] == [(0, 8), (8, 16), (16, 24)]
+    with pytest.raises(ValueError, match="unknown canvas geometry"):
+        strip_bands("idefics", "horizontal")
 
 
 def test_probing_tuples(images):
