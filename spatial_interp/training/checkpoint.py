@@ -12,17 +12,88 @@ from typing import Any
 import torch
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class CheckpointError(ValueError):
+    """A training checkpoint that is incomplete, corrupt or not one of ours."""
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """Write nested training state (tensors, numbers, strings, lists, dicts) as ``path.safetensors`` +
+    ``path.json``: no pickle, so loading a checkpoint someone else wrote can never run code.
+
+    Tensors go to the safetensors file, everything else to JSON with ``{"__tensor__": key}`` in their
+    place; dicts with int keys (an optimizer's per-parameter state) are marked to come back as ints.
+    The JSON, written last, records the tensor file's sha256, so a kill between the two writes leaves a
+    pair that :func:`load_state` refuses rather than a silent mix of two steps.
+    """
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = value.detach().cpu().clone().contiguous()
+            return {"__tensor__": key}
+        if isinstance(value, dict):
+            if value and all(isinstance(k, int) for k in value):
+                return {"__int_keys__": {str(k): encode(v) for k, v in value.items()}}
+            return {str(k): encode(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [encode(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"cannot checkpoint a {type(value).__name__}; store tensors, numbers, strings, lists, dicts")
+
+    body = encode(state)
+    weights = path.with_suffix(".safetensors")
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=weights.parent, prefix=f".{weights.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        save_file(tensors, tmp)
+        digest = _sha256(Path(tmp))
+        os.replace(tmp, weights)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    atomic_write_json(path.with_suffix(".json"), {"format": "spatial_interp.train_state/1",
+                                                  "tensors_sha256": digest, "state": body})
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read what :func:`save_state` wrote (refusing an incomplete or altered pair)."""
+    from safetensors.torch import load_file
+
+    meta_path, weights = path.with_suffix(".json"), path.with_suffix(".safetensors")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != "spatial_interp.train_state/1":
+            raise CheckpointError(f"unknown format {meta.get('format')!r}")
+        if _sha256(weights) != meta["tensors_sha256"]:
+            raise CheckpointError(f"{weights.name} does not match the checksum in {meta_path.name}")
+        tensors = load_file(weights)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{meta_path} is not a readable training checkpoint ({type(error).__name__}: "
+                              f"{error}); delete it or pass --no-resume to start afresh") from error
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"__tensor__"}:
+                return tensors[value["__tensor__"]]
+            if set(value) == {"__int_keys__"}:
+                return {int(k): decode(v) for k, v in value["__int_keys__"].items()}
+            return {k: decode(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+
+    return decode(meta["state"])
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_torch_save, atomic_write_json, save_pretrained_atomic
+from .checkpoint import atomic_write_json, load_state, save_pretrained_atomic, save_state
 from .encode import BatchEncoder
 from .organisms import OrganismSpec, TrainRecipe
 from .routes import IGNORE, draw_routes, order_labels, splice_index
@@ -41,7 +41,8 @@ from .stimuli import LayoutConfig, Renderer, Scene, random_scene
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "train_state.pt"
+STATE_FILE = "train_state"
+"""``train_state.safetensors`` + ``train_state.json`` (:func:`.checkpoint.save_state`)."""
 MODEL_DIR = "model"
 
 
@@ -289,14 +290,12 @@ def train(
 
     state_path = out / STATE_FILE
     state: dict[str, Any] | None = None
-    if resume and state_path.is_file():
-        # weights_only: a checkpoint is data (tensors, numbers, strings); unpickling arbitrary objects
-        # from a file someone else wrote would run their code.
-        try:
-            state = torch.load(state_path, weights_only=True)
-        except Exception as error:
-            raise ValueError(f"{state_path} is not a readable training checkpoint ({type(error).__name__}: "
-                             f"{error}); delete it or pass --no-resume to start afresh") from error
+    legacy = out / "train_state.pt"
+    if resume and legacy.is_file() and not state_path.with_suffix(".json").is_file():
+        raise ValueError(f"{legacy} is a pickled checkpoint of an older version, which is never loaded (unpickling "
+                         "runs code); delete it, or pass --no-resume to start afresh")
+    if resume and state_path.with_suffix(".json").is_file():
+        state = load_state(state_path)
         if not _same_spec(state["spec"], _spec_record(spec, seed)):
             raise ValueError(f"{state_path} was written for a different spec or seed; use another --out or --no-resume")
         log.info("resuming %s at attempt %d step %d", out, state["attempt"], state["step"])
@@ -328,7 +327,8 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
             step = state["step"]
             recent.extend(state["recent"])
-            done = state.get("done", False)
+            # A run stopped at an earlier stop_step goes on; one that met its accuracy target does not.
+            done = bool(state.get("early_stop", False)) or step >= (recipe.stop_step or recipe.max_steps)
         state = None
         stalled = False
         if done:
@@ -355,15 +355,17 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{np.mean(recent):.2f}")
             if step % recipe.eval_every == 0 or step == last_step:
-                record = {"attempt": attempt, "step": step, "loss": float(loss), "train_acc": float(np.mean(recent)),
-                          "seconds": elapsed + time.time() - t0}
+                record = {"attempt": attempt, "step": step, "loss": float(loss.detach()),
+                          "train_acc": float(np.mean(recent)), "seconds": elapsed + time.time() - t0}
                 record.update({k: accuracy(model, batcher, v, route=VALIDATION_ROUTES.get(k, "clean"))
                                for k, v in val_sets.items()})
                 history.append(record)
                 log.info("%s", json.dumps(record))
                 bar.write(json.dumps(record))
-                done = step == last_step or all(record[k] >= recipe.stop_accuracy for k in val_sets)
-                atomic_torch_save({"done": done, "spec": _spec_record(spec, seed), "attempt": attempt, "step": step,
+                early_stop = all(record[k] >= recipe.stop_accuracy for k in val_sets)
+                done = step == last_step or early_stop
+                save_state({"done": done, "early_stop": early_stop, "spec": _spec_record(spec, seed),
+                            "attempt": attempt, "step": step,
                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "order_head": None if order_head is None else order_head.state_dict(),
                                    "recent": list(recent), "history": history,
@@ -396,10 +398,14 @@ def train(
 
 def _same_spec(stored: dict[str, Any], current: dict[str, Any]) -> bool:
     """Whether a checkpoint's spec is this one. Recipe fields added after it was written count as their
-    defaults (a field that did not exist could not have been set), so old runs still resume."""
-    defaults = asdict(TrainRecipe())
-    recipe = {**{k: v for k, v in defaults.items() if k not in stored.get("recipe", {})}, **stored.get("recipe", {})}
-    return {**stored, "recipe": recipe} == current
+    defaults (a field that did not exist could not have been set), so old runs still resume; ``stop_step``
+    is ignored: it says where a run pauses, and the steps it ran do not depend on it."""
+    def plain(record: dict[str, Any]) -> dict[str, Any]:
+        recipe = {**asdict(TrainRecipe()), **record.get("recipe", {})}
+        recipe.pop("stop_step")
+        return json.loads(json.dumps({**record, "recipe": recipe}))
+
+    return plain(stored) == plain(current)
 
 
 def _spec_record(spec: OrganismSpec, seed: int) -> dict[str, Any]:
