@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ from .interventions.paper import criss_cross_regions, paper_ablation
 from .interventions.probes import Probe, slot_labels
 from .interventions.steer import amplification as steer_amplification
 from .interventions.steer import random_directions
-from .interventions.sweep import sweep
+from .interventions.sweep import SweepMismatchError, sweep
 from .mechanism import MechanismConfig, mechanism
 from .models.vlm import VLM
 from .report import layer_curves, strip_maps, write_report
@@ -116,6 +117,16 @@ def _lm_slots(vlm: VLM) -> list[sites.Site]:
     return [sites.lm_resid(s) for s in range(vlm.n_lm_layers + 1)]
 
 
+def _resumable_sweep(vlm: VLM, *args: Any, **kwargs: Any) -> LabelledArray:
+    """``sweep`` into ``out``: resumes the same work, and recomputes (logged) when the folder holds other work —
+    a re-run of ``reproduce`` with other settings into the same folder replaces its results."""
+    try:
+        return sweep(vlm, *args, **kwargs)
+    except SweepMismatchError as error:
+        log.warning("%s; recomputing it", error)
+        return sweep(vlm, *args, force=True, **kwargs)
+
+
 def behaviour(vlm: VLM, cfg: PaperConfig) -> dict[str, Any]:
     """Table 1: top-1 accuracy per task and direction."""
     results = {}
@@ -131,7 +142,11 @@ def probing(vlm: VLM, cfg: PaperConfig, out: Path, task: str = "squares") -> dic
     for orientation in ("horizontal", "vertical"):
         items = data_tasks.probing_items(data_tasks.task_for(task, vlm.canvas), vlm.canvas, orientation)
         items = [items[i] for i in range(len(items))]
-        store = collect(vlm, items, [sites.vision_out], out=out / f"acts-{orientation}", batch_size=cfg.batch_size,
+        acts = out / f"acts-{orientation}"
+        if acts.exists():
+            # Scratch activations of an earlier run into this folder: the probe is refitted from fresh ones.
+            shutil.rmtree(acts)
+        store = collect(vlm, items, [sites.vision_out], out=acts, batch_size=cfg.batch_size,
                         progress=cfg.progress)
         classes = ["left", "middle", "right"] if orientation == "horizontal" else ["top", "middle", "bottom"]
         probe = Probe.fit(store, slot_labels(items, vlm.canvas), site=sites.vision_out, method=cfg.probe_method,
@@ -146,8 +161,8 @@ def last_token(vlm: VLM, cfg: PaperConfig, out: Path, task: str = "squares") -> 
     pair_set = data_pairs.last_token_pairs(data_tasks.task_for(task, vlm.canvas), vlm.canvas,
                                            n_per_direction=cfg.pairs_per_direction, max_attempts=cfg.max_attempts,
                                            seed=cfg.seed, keep=_keep(vlm, cfg))
-    return sweep(vlm, list(pair_set), [s.last_token for s in _lm_slots(vlm)], None,
-                 metrics.answer_probs(vlm.tokenizer), out=out, progress=cfg.progress, seed=cfg.seed)
+    return _resumable_sweep(vlm, list(pair_set), [s.last_token for s in _lm_slots(vlm)], None,
+                            metrics.answer_probs(vlm.tokenizer), out=out, progress=cfg.progress, seed=cfg.seed)
 
 
 def criss_cross(vlm: VLM, cfg: PaperConfig, out: Path, task: str = "squares", ablation: Any = None) -> LabelledArray:
@@ -158,8 +173,8 @@ def criss_cross(vlm: VLM, cfg: PaperConfig, out: Path, task: str = "squares", ab
     regions = criss_cross_regions(vlm)
     if ablation is not None:
         regions = {"object": regions["object"]}  # the ablation equalises the background: strips are moot
-    return sweep(vlm, list(pair_set), _lm_slots(vlm), regions, metrics.answer_probs(vlm.tokenizer), pairing="swap",
-                 ablation=ablation, out=out, progress=cfg.progress, seed=cfg.seed)
+    return _resumable_sweep(vlm, list(pair_set), _lm_slots(vlm), regions, metrics.answer_probs(vlm.tokenizer),
+                            pairing="swap", ablation=ablation, out=out, progress=cfg.progress, seed=cfg.seed)
 
 
 def ordering_ablation(vlm: VLM, cfg: PaperConfig) -> dict[str, dict[str, float]]:

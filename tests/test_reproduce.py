@@ -1,5 +1,6 @@
 """The paper pipeline end to end on a tiny model: every experiment runs and lands in the report."""
 
+import dataclasses
 import json
 
 from spatial_interp.mechanism import MechanismConfig
@@ -28,3 +29,15 @@ def test_reproduce_runs_every_experiment(tmp_path):
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     for title in ("Table 1", "§4", "§5", "§6", "Table 5", "§7.2", "§8", "Which route carries order"):
         assert title in html
+
+
+def test_reproduce_reruns_into_the_same_folder(tmp_path):
+    """A second run resumes (same numbers); a run with other settings into the same folder recomputes."""
+    vlm = tiny_model("tiny-qwen2-vl")
+    cfg = PaperConfig(tasks=("squares",), pairs_per_direction=1, filter_pairs=False, eval_limit=4, alphas=(0,),
+                      amplify_items=4, progress=False, verdict=None)
+    first = reproduce(vlm, tmp_path, cfg)["experiments"]
+    again = reproduce(vlm, tmp_path, cfg)["experiments"]
+    assert again["criss_cross"]["mean"] == first["criss_cross"]["mean"]
+    other = reproduce(vlm, tmp_path, dataclasses.replace(cfg, seed=1))["experiments"]
+    assert other["last_token"]["n_pairs"] == 4
