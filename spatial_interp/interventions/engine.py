@@ -296,7 +296,27 @@ def run(
         inputs["mm_encoder_outputs"] = vlm.adapter.encoder_outputs(
             vision_features.to(device=home_device(vlm), dtype=vlm.dtype), sizes)
 
-    envoy = vlm.envoy
+    if remote is False:
+        gathered, logits = _traced_forward(vlm.envoy, inputs, remote, skip_paths, skip_value, plan)
+    else:
+        from ..models.remote import remote_timeout, within_time
+
+        # NDIF can accept a request and never answer; nnsight's wait has no deadline of its own.
+        gathered, logits = within_time(_traced_forward, (vlm.envoy, inputs, remote, skip_paths, skip_value, plan),
+                                       remote_timeout())
+
+    out: list[Tensor | None] = [None] * len(reads)
+    for i, (step, start, stop) in zip(late_reads, read_slices, strict=True):
+        out[i] = gathered[step][start:stop]
+    for i, value in early_reads.items():
+        out[i] = value
+    return RunOutput(logits=logits, reads=out)
+
+
+
+def _traced_forward(envoy, inputs: dict, remote: bool | str, skip_paths: list[str], skip_value: Tensor | None,
+                    plan: list) -> tuple[list, Tensor]:
+    """The one trace body (see the module docstring): returns the gathered reads and final logits."""
     with torch.no_grad(), envoy.trace(**inputs, remote=remote):
         # Remote-safe body: only envoy, tensors, plain data and torch from here on.
         for path in skip_paths:
@@ -333,13 +353,7 @@ def run(
         logits = envoy.output.logits[:, -1]
         nnsight.save(gathered)
         nnsight.save(logits)
-
-    out: list[Tensor | None] = [None] * len(reads)
-    for i, (step, start, stop) in zip(late_reads, read_slices, strict=True):
-        out[i] = gathered[step][start:stop]
-    for i, value in early_reads.items():
-        out[i] = value
-    return RunOutput(logits=logits, reads=out)
+    return gathered, logits
 
 
 def repeat_batch(vlm: VLM, batch: Batch, k: int) -> Batch:

@@ -69,3 +69,55 @@ def check_remote(vlm: Any) -> None:
     if problems:
         raise RemoteError("cannot run remotely (remote=True): " + "; and ".join(problems)
                           + ". To exercise the remote path offline, pass remote='local'")
+
+
+TIMEOUT_ENV = "SPATIAL_INTERP_REMOTE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 1800.0
+"""Seconds a remote trace may take, queue included, before :func:`within_time` gives up (30 minutes)."""
+
+
+class RemoteTimeoutError(TimeoutError):
+    """A remote trace that did not finish within the deadline."""
+
+
+def remote_timeout() -> float:
+    """The remote deadline in seconds: ``$SPATIAL_INTERP_REMOTE_TIMEOUT``, else :data:`DEFAULT_TIMEOUT_S`."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds; set e.g. {TIMEOUT_ENV}=600") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r} must be a finite number of seconds > 0")
+    return value
+
+
+def within_time(fn: Any, args: tuple, seconds: float) -> Any:
+    """``fn(*args)`` in a worker thread, its result or its exception; :class:`RemoteTimeoutError` after
+    ``seconds``. The worker is a daemon: a request NDIF never answers cannot keep the process alive.
+
+    Example:
+        >>> within_time(sum, ([1, 2],), 5.0)
+        3
+    """
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as error:  # handed to the caller below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=work, name="spatial-interp-remote", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise RemoteTimeoutError(f"the remote trace did not finish within {seconds:g} s (queue included); check "
+                                 f"NDIF's status page, or allow longer with {TIMEOUT_ENV}=<seconds>")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
