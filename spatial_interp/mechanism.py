@@ -58,6 +58,7 @@ from .interventions import collect, metrics
 from .interventions.ablate import ablate
 from .interventions.paper import criss_cross_regions, paper_ablation
 from .interventions.permute import permute_image_rows
+from .interventions.position_control import order_vs_position
 from .interventions.probes import Probe, slot_labels
 from .interventions.sweep import sweep
 from .models.vlm import VLM
@@ -84,6 +85,8 @@ class MechanismConfig:
     max_attempts: int = 400
     probe_items: int = 120
     """§4 probing images per orientation (120 = every ordered Squares triple)."""
+    position_items: int = 48
+    """Orderings per shift (and random layouts) of the absolute-vs-relative probe control (0 skips it)."""
     retain: float = 0.5
     """A route is present when the other route's knockout keeps this share of the clean margin over 0.5."""
     batch_size: int = 32
@@ -175,6 +178,22 @@ def probes(vlm: VLM, cfg: MechanismConfig, out: Path) -> dict[str, Any]:
             "n_items": len(items), "chance": PAPER_CHANCE}
 
 
+def position_control(vlm: VLM, cfg: MechanismConfig) -> dict[str, Any]:
+    """The vision_out slot probe on the fixed layout (a), across shifts of the triple (b), on random
+    layouts (c) and a band probe on blank canvases (d), with the position-only baseline and the accuracy
+    where position and order disagree (:func:`~spatial_interp.interventions.position_control.order_vs_position`).
+    """
+    result = order_vs_position(vlm, cfg.task, sites.vision_out, n_items=cfg.position_items, sub_cell=True,
+                               seed=cfg.seed, shuffled_control=False, heatmaps=False, batch_size=cfg.batch_size)
+    keep = ("accuracy", "chance", "position_baseline", "conflict_accuracy", "n_conflict_rows")
+    return {"summary": result["summary"], "shifts": result["shifts"],
+            "fixed": {k: result["fixed"].get(k) for k in keep},
+            "shifted": {"accuracy": result["shifted"]["accuracy_mean"],
+                        "conflict_accuracy": result["shifted"].get("conflict_accuracy")},
+            "random": {k: result["random"].get(k) for k in keep},
+            "empty": {k: result["empty"].get(k) for k in ("accuracy", "chance")}}
+
+
 def measure(vlm: VLM, cfg: MechanismConfig | None = None, out: str | Path | None = None) -> dict[str, Any]:
     """Every measurement of the protocol on ``vlm`` (working files under ``out``, else a temporary folder)."""
     cfg = cfg or MechanismConfig()
@@ -189,6 +208,9 @@ def measure(vlm: VLM, cfg: MechanismConfig | None = None, out: str | Path | None
         numbers["swaps"] = swaps(vlm, cfg, work / "swaps")
         log.info("%s: slot probes", vlm.info.name)
         numbers["probes"] = probes(vlm, cfg, work / "probe-acts")
+        if cfg.position_items:
+            log.info("%s: absolute vs relative position control", vlm.info.name)
+            numbers["position_control"] = position_control(vlm, cfg)
     return numbers
 
 
@@ -241,8 +263,19 @@ def verdict(numbers: dict[str, Any], cfg: MechanismConfig | None = None) -> dict
     else:
         out["on_conflict"] = "not measured: no criss-cross pair passed the filter"
     if p.get("sites"):
-        extra_v.append(f"slot probe at vision_out {p['accuracy'][0]:.2f} (shuffled-label control "
-                       f"{p['shuffled_labels'][0]:.2f}, chance {PAPER_CHANCE:.2f})")
+        extra_v.append(f"slot probe at vision_out on the paper's fixed layout {p['accuracy'][0]:.2f} (shuffled-label "
+                       f"control {p['shuffled_labels'][0]:.2f}, chance {PAPER_CHANCE:.2f}; position alone can score "
+                       "this)")
+    pc = numbers.get("position_control")
+    if pc:
+        r = pc["random"]
+        conflict = r.get("conflict_accuracy")
+        extra_v.append(f"trained on shifted fixed layouts, it scores {pc['shifted']['accuracy']:.2f} on other shifts "
+                       f"and {r['accuracy']:.2f} on random layouts (position-only baseline {r['position_baseline']:.2f}"
+                       + ("" if conflict is None else
+                          f"; {conflict:.2f} on the {r['n_conflict_rows']} tokens where position and order disagree")
+                       + f"); blank-canvas tokens give their column band at {pc['empty']['accuracy']:.2f} "
+                       f"(chance {pc['empty']['chance']:.2f})")
     if extra_v:
         out["vision_route"]["evidence"] += "; " + "; ".join(extra_v)
     if p.get("sites") and len(p["sites"]) > 2:

@@ -60,7 +60,7 @@ def test_table_and_section_read_the_numbers():
 
 def test_cli_side_by_side(capsys, tmp_path):
     args = ["mechanism", "tiny-qwen2-vl", "tiny-llava", "--items", "4", "--pairs-per-direction", "1",
-            "--probe-items", "12", "--no-filter", "--out", str(tmp_path)]
+            "--probe-items", "12", "--position-items", "12", "--no-filter", "--out", str(tmp_path)]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0].split()[1:] == ["tiny-qwen2-vl", "tiny-llava"]
@@ -68,7 +68,7 @@ def test_cli_side_by_side(capsys, tmp_path):
     saved = json.loads((tmp_path / "tiny-llava" / "mechanism.json").read_text())
     assert saved["numbers"]["knockouts"]["n_items"] == 4 and "provenance" in saved
     assert main([*args[:3], "--json", "--items", "4", "--pairs-per-direction", "1", "--probe-items", "12",
-                 "--no-filter", "--out", str(tmp_path)]) == 0
+                 "--position-items", "12", "--no-filter", "--out", str(tmp_path)]) == 0
     assert json.loads(capsys.readouterr().out)["models"][0]["numbers"]["model"] == "tiny-qwen2-vl"
 
 

@@ -11,12 +11,13 @@ from tests._models import tiny_model
 def test_reproduce_runs_every_experiment(tmp_path):
     vlm = tiny_model("tiny-pixtral")
     cfg = PaperConfig(tasks=("squares",), pairs_per_direction=1, filter_pairs=False, eval_limit=8, alphas=(0, 2),
-                      amplify_items=4, progress=False,
-                      verdict=MechanismConfig(items=8, pairs_per_direction=1, filter_pairs=False, probe_items=12))
+                      amplify_items=4, position_items=12, progress=False,
+                      verdict=MechanismConfig(items=8, pairs_per_direction=1, filter_pairs=False, probe_items=12,
+                                              position_items=12))
     summary = reproduce(vlm, tmp_path, cfg)
     exp = summary["experiments"]
     assert set(exp) == {"behaviour", "probing", "last_token", "criss_cross", "ablation", "criss_cross_ablated",
-                        "amplification", "verdicts"}
+                        "amplification", "verdicts", "probing_control"}
     assert [v["numbers"]["model"] for v in exp["verdicts"]] == ["tiny-pixtral"]
     assert exp["behaviour"]["squares"]["n"] == 8
     assert set(exp["behaviour"]["squares"]["per_direction"]) == {"left", "right", "above", "below"}
@@ -35,7 +36,7 @@ def test_reproduce_reruns_into_the_same_folder(tmp_path):
     """A second run resumes (same numbers); a run with other settings into the same folder recomputes."""
     vlm = tiny_model("tiny-qwen2-vl")
     cfg = PaperConfig(tasks=("squares",), pairs_per_direction=1, filter_pairs=False, eval_limit=4, alphas=(0,),
-                      amplify_items=4, progress=False, verdict=None)
+                      amplify_items=4, position_items=12, progress=False, verdict=None)
     first = reproduce(vlm, tmp_path, cfg)["experiments"]
     again = reproduce(vlm, tmp_path, cfg)["experiments"]
     assert again["criss_cross"]["mean"] == first["criss_cross"]["mean"]

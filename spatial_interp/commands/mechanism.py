@@ -32,6 +32,8 @@ def add_parser(subparsers, common) -> None:
     parser.add_argument("--items", type=int, default=None, help="Table 1 items per knockout (default 96)")
     parser.add_argument("--pairs-per-direction", type=int, default=None, help="criss-cross pairs (default 8)")
     parser.add_argument("--probe-items", type=int, default=None, help="probing images (default 120)")
+    parser.add_argument("--position-items", type=int, default=None,
+                        help="orderings per shift of the absolute-vs-relative probe control (default 48)")
     parser.add_argument("--retain", type=float, default=None,
                         help="share of the clean margin a route's knockout must keep (default 0.5)")
     parser.add_argument("--no-filter", action="store_true", help="keep pairs the model gets wrong")
@@ -42,7 +44,7 @@ def config_from(args: argparse.Namespace):
     from ..mechanism import MechanismConfig
 
     given = {"items": args.items, "pairs_per_direction": args.pairs_per_direction,
-             "probe_items": args.probe_items, "retain": args.retain}
+             "probe_items": args.probe_items, "position_items": args.position_items, "retain": args.retain}
     for name, value in given.items():
         if value is not None and value <= 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {value}")

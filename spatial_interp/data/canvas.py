@@ -78,19 +78,42 @@ class CanvasGeometry:
         return divmod(flat_id, self.n_tokens)
 
     # ----------------------------------------------------------------- three-slot layout (§2.2)
-    def slot_origin(self, slot: int, orientation: str) -> Cell:
-        """Token ``(row, col)`` of the top-left cell of slot 0/1/2 in the three-slot layout."""
+    def slot_shifts(self) -> tuple[int, ...]:
+        """Every shift (in cells, along the axis) of the whole three-slot triple that keeps it on the canvas.
+
+        ``0`` is the paper's layout; the same for both orientations (the canvas is square).
+
+        >>> canvas_for("qwen2_vl").slot_shifts(), canvas_for("gemma3").slot_shifts()
+        ((-1, 0, 1), (0, 1))
+        """
+        s, sp, n = self.entity_tokens, self.spacing_tokens, self.n_tokens
+        extent = 3 * s + 2 * sp
+        start = (n - extent) // 2
+        return tuple(range(-start, n - extent - start + 1))
+
+    def slot_origin(self, slot: int, orientation: str, shift: int = 0) -> Cell:
+        """Token ``(row, col)`` of the top-left cell of slot 0/1/2 in the three-slot layout.
+
+        ``shift`` moves the whole triple by that many cells along the axis (right / down when positive);
+        it must be one of :meth:`slot_shifts`.
+        """
         _check_orientation(orientation)
         if slot not in (0, 1, 2):
             raise ValueError(f"slot must be 0, 1 or 2, got {slot}")
+        if isinstance(shift, bool) or not isinstance(shift, int):
+            raise TypeError(f"shift must be an int number of cells, got {shift!r}")
+        if shift not in self.slot_shifts():
+            valid = self.slot_shifts()
+            raise ValueError(f"shift {shift} moves the three-slot triple off the {self.n_tokens}-cell canvas; "
+                             f"valid shifts are {valid[0]}..{valid[-1]}")
         s, sp, n = self.entity_tokens, self.spacing_tokens, self.n_tokens
         across = (n - s) // 2
-        along = (n - (3 * s + 2 * sp)) // 2 + slot * (s + sp)
+        along = (n - (3 * s + 2 * sp)) // 2 + slot * (s + sp) + shift
         return (across, along) if orientation == "horizontal" else (along, across)
 
-    def slot_box(self, slot: int, orientation: str) -> Box:
-        """Half-open pixel box of a slot of the three-slot layout."""
-        r, c = self.slot_origin(slot, orientation)
+    def slot_box(self, slot: int, orientation: str, shift: int = 0) -> Box:
+        """Half-open pixel box of a slot of the three-slot layout (``shift``: see :meth:`slot_origin`)."""
+        r, c = self.slot_origin(slot, orientation, shift)
         return self.cell_block_box((r, c), self.entity_tokens)
 
     def slot_cells(self, slot: int, orientation: str) -> list[Cell]:
@@ -107,12 +130,26 @@ class CanvasGeometry:
         p = self.token_px
         return (c * p, r * p, (c + size_tokens) * p, (r + size_tokens) * p)
 
-    def box_cells(self, box: Box) -> list[Cell]:
-        """Cells (row-major) that share at least one pixel with a half-open pixel box."""
+    def box_cells(self, box: Box, *, centres: bool = False) -> list[Cell]:
+        """Cells (row-major) that share at least one pixel with a half-open pixel box.
+
+        ``centres=True`` keeps only the cells whose centre lies in the box (the cells it mostly covers),
+        so boxes that do not overlap never share a cell even off the cell grid (sub-cell layouts); for a
+        box on cell boundaries both rules give the same cells.
+
+        >>> g = canvas_for("qwen2_vl")
+        >>> len(g.box_cells((10, 10, 66, 66))), g.box_cells((10, 10, 66, 66), centres=True)
+        (9, [(0, 0), (0, 1), (1, 0), (1, 1)])
+        """
         x0, y0, x1, y1 = box
         if x1 <= x0 or y1 <= y0:
             return []
         p, n = self.token_px, self.n_tokens
+        if centres:
+            # centre of cell k is at (k + 1/2)·p: inside [a, b) iff a <= (k + 1/2)·p < b
+            def inside(a: int, b: int) -> range:
+                return range(max(0, -(-(2 * a - p) // (2 * p))), min(n, -(-(2 * b - p) // (2 * p))))
+            return [(r, c) for r in inside(y0, y1) for c in inside(x0, x1)]
         c0, c1 = max(0, x0 // p), min(n, -(-x1 // p))
         r0, r1 = max(0, y0 // p), min(n, -(-y1 // p))
         return [(r, c) for r in range(r0, r1) for c in range(c0, c1)]

@@ -61,12 +61,13 @@ class Entity:
     color: str | None = None
     shape: str | None = None
 
-    def cells(self, geometry: CanvasGeometry) -> list[Cell]:
-        """Grid cells (row-major) that the entity's box touches on ``geometry``'s grid."""
-        return geometry.box_cells(self.box)
+    def cells(self, geometry: CanvasGeometry, *, centres: bool = False) -> list[Cell]:
+        """Grid cells (row-major) that the entity's box touches on ``geometry``'s grid (``centres=True``:
+        only those whose centre lies in the box, see :meth:`CanvasGeometry.box_cells`)."""
+        return geometry.box_cells(self.box, centres=centres)
 
-    def flat_ids(self, geometry: CanvasGeometry) -> list[int]:
-        return [geometry.flat(c) for c in self.cells(geometry)]
+    def flat_ids(self, geometry: CanvasGeometry, *, centres: bool = False) -> list[int]:
+        return [geometry.flat(c) for c in self.cells(geometry, centres=centres)]
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "slot": self.slot, "box": list(self.box), "color": self.color,

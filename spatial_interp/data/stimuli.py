@@ -7,7 +7,8 @@ object named ``name``.
 
 Layouts:
 
-* :func:`three_slot_boxes` - the three-slot horizontal / vertical layout of spec §2.2;
+* :func:`three_slot_boxes` - the three-slot horizontal / vertical layout of spec §2.2 (optionally shifted
+  along its axis);
 * :func:`grid_boxes` - the centred ``k x k`` grids of App. C.6;
 * :func:`random_layout` - seeded random, non-overlapping placements for generalisation and training
   data (token-aligned, or with sub-cell pixel offsets).
@@ -93,9 +94,13 @@ def blank_canvas(geometry: CanvasGeometry) -> Image.Image:
 # --------------------------------------------------------------------------- layouts
 
 
-def three_slot_boxes(geometry: CanvasGeometry, orientation: str) -> list[Box]:
-    """Pixel boxes of slots 0, 1, 2 (left/middle/right or top/middle/bottom), spec §2.2."""
-    return [geometry.slot_box(i, orientation) for i in range(3)]
+def three_slot_boxes(geometry: CanvasGeometry, orientation: str, shift: int = 0) -> list[Box]:
+    """Pixel boxes of slots 0, 1, 2 (left/middle/right or top/middle/bottom), spec §2.2.
+
+    ``shift`` moves the whole triple that many cells along the axis (one of ``geometry.slot_shifts()``):
+    the same ordering at another absolute position.
+    """
+    return [geometry.slot_box(i, orientation, shift) for i in range(3)]
 
 
 def grid_boxes(geometry: CanvasGeometry, k: int) -> list[list[Box]]:

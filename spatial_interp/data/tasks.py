@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .canvas import Box, CanvasGeometry, canvas_for, geometry_name
+from .canvas import Box, CanvasGeometry, _check_orientation, canvas_for, geometry_name
 from .items import Entity, Item, ItemSet
 from .palettes import OBJECTS, objects_for, palette_for, shape_pairs
 from .prompts import (
@@ -33,7 +33,7 @@ from .prompts import (
     squares_prompt,
     target_slot,
 )
-from .stimuli import Renderer, grid_boxes, random_layout, three_slot_boxes
+from .stimuli import Renderer, blank_canvas, grid_boxes, random_layout, three_slot_boxes
 
 PROBE_DUMMY_PROMPT = "The color of the square to the left of the red square is "
 
@@ -107,19 +107,23 @@ def _geometry_meta(geometry: CanvasGeometry) -> dict[str, Any]:
 
 
 def three_slot_item(task: Task, slots: Sequence[Option], direction: str, geometry: CanvasGeometry,
-                    renderer: Renderer | None = None, item_id: str | None = None) -> Item:
-    """One item: ``slots`` placed left->right (or top->bottom), queried in ``direction`` about slot 1."""
+                    renderer: Renderer | None = None, item_id: str | None = None, shift: int = 0) -> Item:
+    """One item: ``slots`` placed left->right (or top->bottom), queried in ``direction`` about slot 1.
+
+    ``shift`` moves the whole triple that many cells along the axis (``geometry.slot_shifts()``).
+    """
     if len(slots) != 3:
         raise ValueError("a three-slot item needs exactly 3 options")
     orientation = orientation_of(direction)
-    boxes = three_slot_boxes(geometry, orientation)
+    boxes = three_slot_boxes(geometry, orientation, shift)
     entities = [opt.entity(i, box) for i, (opt, box) in enumerate(zip(slots, boxes, strict=True))]
     image = (renderer or Renderer()).render(geometry.canvas_px, entities)
     names = [o.name for o in slots]
     return Item(id=item_id or f"{task.name}-{'-'.join(names)}-{direction}", image=image,
                 prompt=task.prompt(direction, slots[1]), answer=slots[target_slot(direction)].name,
                 direction=direction, orientation=orientation, entities=entities, task=task.name,
-                metadata={"triple": names, "layout": "three_slot", **_geometry_meta(geometry)})
+                metadata={"triple": names, "layout": "three_slot", **({"shift": shift} if shift else {}),
+                          **_geometry_meta(geometry)})
 
 
 def enumerate_items(task: Task, geometry: str | CanvasGeometry, *, directions: Sequence[str] = DIRECTIONS,
@@ -237,29 +241,101 @@ def _grid_builder(task: Task, draw: Sequence[Option], boxes: list[list[Box]], k:
 # --------------------------------------------------------------------------- probing (§4)
 
 
-def probing_items(task: Task, geometry: str | CanvasGeometry, orientation: str, *,
+def probing_items(task: Task, geometry: str | CanvasGeometry, orientation: str, *, shift: int = 0,
                   font_path: Path | None = None) -> ItemSet:
     """§4 probing images: every ordered triple in one orientation (120 squares/shapes, 336 objects).
 
     The prompt is the fixed dummy text the reference gives the processor; labels are the entity slots.
+    ``shift`` renders the same orderings with the whole triple moved that many cells along the axis
+    (one of ``canvas_for(geometry).slot_shifts()``; 0 is the paper's layout): slot and absolute position
+    no longer coincide across shifts (the absolute-vs-relative control). Shifted items have their own
+    ids (``squares-probe+1-00000``) and ``metadata["shift"]``.
+
+    >>> from spatial_interp.data.tasks import probing_items, task_for
+    >>> moved = probing_items(task_for("squares", "qwen2_vl"), "qwen2_vl", "horizontal", shift=-1)
+    >>> moved[0].id, moved[0].entities[0].flat_ids(canvas_for("qwen2_vl")), moved[0].metadata["shift"]
+    ('squares-probe-1-00000', [60, 61, 72, 73], -1)
     """
     geom = canvas_for(geometry)
     direction = "left" if orientation == "horizontal" else "above"
+    geom.slot_origin(0, orientation, shift)  # refuses a bad orientation or a shift off the canvas, eagerly
     renderer = Renderer(font_path)
+    tag = f"probe{shift:+d}" if shift else "probe"
     builders: list[Callable[[], Item]] = []
     for triple in itertools.permutations(task.options, 3):
-        item_id = f"{task.name}-probe-{len(builders):05d}"
-        builders.append(_probe_builder(task, triple, direction, geom, renderer, item_id))
-    return ItemSet(builders, name=f"{task.name}-probe-{orientation}")
+        item_id = f"{task.name}-{tag}-{len(builders):05d}"
+        builders.append(_probe_builder(task, triple, direction, geom, renderer, item_id, shift))
+    return ItemSet(builders, name=f"{task.name}-{tag}-{orientation}")
 
 
 def _probe_builder(task: Task, triple: Sequence[Option], direction: str, geometry: CanvasGeometry,
-                   renderer: Renderer, item_id: str) -> Callable[[], Item]:
+                   renderer: Renderer, item_id: str, shift: int = 0) -> Callable[[], Item]:
     def build() -> Item:
-        item = three_slot_item(task, triple, direction, geometry, renderer, item_id)
+        item = three_slot_item(task, triple, direction, geometry, renderer, item_id, shift)
         item.prompt, item.answer = PROBE_DUMMY_PROMPT, ""
         item.metadata["layout"] = "probe"
+        item.metadata["shift"] = shift
         return item
+    return build
+
+
+def random_probing_items(task: Task, geometry: str | CanvasGeometry, orientation: str, n_items: int, *,
+                         seed: int = 0, sub_cell: bool = False, min_gap_px: int = 0,
+                         font_path: Path | None = None) -> ItemSet:
+    """§4-style probing images on :func:`random_layout_items`' random layouts, all in one orientation.
+
+    Entities are sorted along the axis, so ``slot`` is the order index (0 = leftmost / topmost) and no
+    cell has a fixed slot; with ``sub_cell`` entities sit at any pixel, so label cells with
+    ``slot_labels(..., centres=True)``. The prompt is the §4 dummy text; ids ``squares-random-00000``.
+
+    >>> from spatial_interp.data.tasks import random_probing_items, task_for
+    >>> items = random_probing_items(task_for("squares", "qwen2_vl"), "qwen2_vl", "vertical", 4, sub_cell=True)
+    >>> items[0].orientation, items[0].prompt == PROBE_DUMMY_PROMPT, [e.slot for e in items[0].entities]
+    ('vertical', True, [0, 1, 2])
+    """
+    _check_orientation(orientation)
+    direction = "left" if orientation == "horizontal" else "above"
+    base = random_layout_items(task, geometry, n_items, seed=seed, sub_cell=sub_cell, directions=[direction],
+                               min_gap_px=min_gap_px, font_path=font_path)
+    return ItemSet([_random_probe_builder(base, i) for i in range(len(base))],
+                   name=f"{task.name}-random-probe-{orientation}")
+
+
+def _random_probe_builder(base: ItemSet, index: int) -> Callable[[], Item]:
+    def build() -> Item:
+        item = base[index]
+        item.prompt, item.answer = PROBE_DUMMY_PROMPT, ""
+        item.metadata["layout"] = "random-probe"
+        return item
+    return build
+
+
+def empty_canvas_items(geometry: str | CanvasGeometry, n_items: int = 4, *,
+                       orientation: str = "horizontal") -> ItemSet:
+    """Blank white canvases with the §4 dummy prompt and no entities: the pure-position control.
+
+    Every image is the same, so a probe on their tokens can only read where a token sits; label the
+    cells by column (row) band with ``spatial_interp.interventions.probes.band_labels``. Several items
+    exist only so a probe can be split by item (ids ``empty-00000``...).
+
+    >>> items = empty_canvas_items("qwen2_vl", 2)
+    >>> items[1].id, items[1].entities, items[1].image.size
+    ('empty-00001', [], (336, 336))
+    """
+    geom = canvas_for(geometry)
+    if n_items < 1:
+        raise ValueError(f"n_items must be >= 1, got {n_items}")
+    _check_orientation(orientation)
+    direction = "left" if orientation == "horizontal" else "above"
+    return ItemSet([_empty_builder(geom, orientation, direction, f"empty-{i:05d}") for i in range(n_items)],
+                   name=f"empty-{orientation}")
+
+
+def _empty_builder(geometry: CanvasGeometry, orientation: str, direction: str, item_id: str) -> Callable[[], Item]:
+    def build() -> Item:
+        return Item(id=item_id, image=blank_canvas(geometry), prompt=PROBE_DUMMY_PROMPT, answer="",
+                    direction=direction, orientation=orientation, entities=[], task="empty",
+                    metadata={"layout": "empty", **_geometry_meta(geometry)})
     return build
 
 

@@ -34,6 +34,7 @@ from .examples import Example, PatchPair, Swap, as_example, as_pair
 from .metrics import answer_probs, logit_diff, top1, top_token
 from .patch import Intervention, patch, patch_logits
 from .permute import permute_image_rows
+from .position_control import order_vs_position
 from .probes import Probe
 from .steer import amplification, amplification_summary, random_directions, steer
 from .sweep import sweep
@@ -41,7 +42,6 @@ from .sweep import sweep
 __all__ = [
     "Ablation", "ActivationStore", "Example", "Intervention", "PatchPair", "Probe", "Reference", "Swap", "ablate",
     "amplification", "amplification_summary", "answer_probs", "as_example", "as_pair", "collect", "logit_diff",
-    "ordering_ablation", "ordering_references", "patch", "patch_logits", "permute_image_rows", "random_directions",
-    "steer", "sweep", "top1",
-    "top_token",
+    "order_vs_position", "ordering_ablation", "ordering_references", "patch", "patch_logits", "permute_image_rows",
+    "random_directions", "steer", "sweep", "top1", "top_token",
 ]

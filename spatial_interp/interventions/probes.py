@@ -72,11 +72,13 @@ def split_items(items: Sequence[Any], test_fraction: float = 0.25, seed: int = 0
     return order[:cut], order[cut:]
 
 
-def slot_labels(items: Iterable[Any], canvas: Any) -> dict[str, dict[int, int]]:
+def slot_labels(items: Iterable[Any], canvas: Any, *, centres: bool = False) -> dict[str, dict[int, int]]:
     """§4 labels from ``data`` items: each entity's cells → its slot (0/1/2); other cells unlabelled.
 
     ``canvas`` is the data canvas preset (``vlm.canvas``) or a ``CanvasGeometry``. Pass the result as
-    ``labels=`` to :meth:`Probe.fit`.
+    ``labels=`` to :meth:`Probe.fit`. An entity's cells are those its box touches; with ``centres=True``
+    only those whose centre lies in its box (needed for sub-cell random layouts, where two neighbours
+    may touch one cell; identical for boxes on cell boundaries).
     """
     from ..data.canvas import canvas_for
 
@@ -85,9 +87,35 @@ def slot_labels(items: Iterable[Any], canvas: Any) -> dict[str, dict[int, int]]:
     for item in items:
         cells = labels.setdefault(str(item.id), {})
         for entity in item.entities:
-            for flat in entity.flat_ids(geometry):
+            for flat in entity.flat_ids(geometry, centres=centres):
                 cells[int(flat)] = int(entity.slot)
     return labels
+
+
+def band_labels(items: Iterable[Any], canvas: Any, n_bands: int = 3,
+                orientation: str = "horizontal") -> dict[str, dict[int, int]]:
+    """Every cell of each item → its column band (``orientation="horizontal"``) or row band, ``0..n_bands-1``.
+
+    Band of coordinate ``k`` on an ``n``-cell axis is ``k * n_bands // n`` (3 bands on 12 cells: columns
+    0-3, 4-7, 8-11). A probe with these labels on blank canvases
+    (:func:`~spatial_interp.data.tasks.empty_canvas_items`) measures how much absolute position the tokens
+    carry. Entities are ignored.
+
+    >>> from spatial_interp.data.tasks import empty_canvas_items
+    >>> labels = band_labels(empty_canvas_items("qwen2_vl", 1), "qwen2_vl")
+    >>> [labels["empty-00000"][c] for c in (0, 3, 4, 11, 12)]
+    [0, 0, 1, 2, 0]
+    """
+    from ..data.canvas import _check_orientation, canvas_for
+
+    _check_orientation(orientation)
+    geometry = canvas_for(canvas)
+    n = geometry.n_tokens
+    if not 1 < n_bands <= n:
+        raise ValueError(f"n_bands must be in 2..{n} for a {n}-cell axis, got {n_bands}")
+    along = (lambda r, c: c) if orientation == "horizontal" else (lambda r, c: r)
+    table = {geometry.flat((r, c)): along(r, c) * n_bands // n for r in range(n) for c in range(n)}
+    return {str(item.id): dict(table) for item in items}
 
 
 def labelled_rows(store: ActivationStore, site: Any, labels: Labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

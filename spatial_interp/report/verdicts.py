@@ -45,8 +45,14 @@ MEASUREMENTS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
      lambda n: f"{n['swaps']['object']['cf answer'][0]:.3f} ({n['swaps']['n_pairs']} pairs)"),
     ("strip swap at vision_out: cf answer", lambda n: f"{n['swaps']['strip']['cf answer'][0]:.3f}"),
     ("object swap, best LM slot: cf answer", lambda n: f"{max(n['swaps']['object']['cf answer'][1:]):.3f}"),
-    ("slot probe at vision_out (shuffled labels)",
+    ("slot probe at vision_out, fixed layout (shuffled labels)",
      lambda n: f"{n['probes']['accuracy'][0]:.3f} ({n['probes']['shuffled_labels'][0]:.3f})"),
+    ("vision_out probe: other shifts / random layouts",
+     lambda n: f"{n['position_control']['shifted']['accuracy']:.3f} / "
+               f"{n['position_control']['random']['accuracy']:.3f}"),
+    ("… random layouts: position-only baseline / where they disagree",
+     lambda n: f"{n['position_control']['random']['position_baseline']:.3f} / "
+               f"{n['position_control']['random']['conflict_accuracy']:.3f}"),
     ("slot probe, best LM slot ≥ 1 (shuffled labels)",
      lambda n: _best_lm(n["probes"]["accuracy"], n["probes"]["shuffled_labels"])),
 )

@@ -78,6 +78,19 @@ def test_slot_probe_reads_order_where_it_is_planted(result):
         assert max(p["accuracy"][1:]) >= 0.8  # the LM builds order from positions
 
 
+def test_ordering_claims_rest_on_the_relative_probe(result):
+    """Issue 16: the vision organism's probe follows order where absolute position disagrees; the position
+    organism's tokens carry neither order nor (blank canvas) position."""
+    name, r = result
+    pc = r["numbers"]["position_control"]
+    if name.endswith("vision"):
+        assert pc["shifted"]["accuracy"] >= 0.9 and pc["random"]["accuracy"] >= 0.9
+        assert pc["random"]["conflict_accuracy"] >= 0.8
+    elif name.endswith("position"):
+        assert max(pc["summary"]["a"], pc["summary"]["b"], pc["summary"]["c"]) <= 0.5
+    assert "trained on shifted fixed layouts" in r["verdict"]["vision_route"]["evidence"]
+
+
 def test_position_organism_tokens_depend_on_their_own_patch_only():
     """Depth-0 tower: an entity moved by whole cells has bit-identical tokens, whatever else is drawn."""
     vlm = _load("organism-qwen2-vl-position")
