@@ -53,6 +53,7 @@ import numpy as np
 from . import site as sites
 from .data import pairs as data_pairs
 from .data import tasks as data_tasks
+from .data.tasks import sample_triples
 from .evaluation import answers_correctly
 from .interventions import collect, metrics
 from .interventions.ablate import ablate
@@ -94,14 +95,6 @@ class MechanismConfig:
     progress: bool = False
 
 
-def _sample(items: Any, limit: int, seed: int, group: int = 4) -> list[Any]:
-    n = len(items)
-    if limit >= n:
-        return [items[i] for i in range(n)]
-    groups = sorted(random.Random(seed).sample(range(n // group), max(1, -(-limit // group))))
-    return [items[g * group + k] for g in groups for k in range(group)]
-
-
 def _by_axis(correct: np.ndarray, items: list[Any]) -> dict[str, float]:
     out = {}
     for axis, directions in AXES.items():
@@ -117,7 +110,7 @@ def _lm_slots(vlm: VLM) -> list[sites.Site]:
 
 def knockouts(vlm: VLM, cfg: MechanismConfig) -> dict[str, Any]:
     """Clean, row-permuted and §7.1-ablated accuracy on the same Table 1 items (overall and per axis)."""
-    items = _sample(getattr(data_tasks, f"{cfg.task}_items")(vlm.canvas), cfg.items, cfg.seed)
+    items = sample_triples(getattr(data_tasks, f"{cfg.task}_items")(vlm.canvas), cfg.items, cfg.seed)
     permuted = permute_image_rows(vlm, items, seed=cfg.seed, batch_size=cfg.batch_size)
     clean = permuted.sel(condition="clean").values[:, 0]
     shuffled = permuted.sel(condition="permuted").values[:, 0]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import numpy as np
 from . import site as sites
 from .data import pairs as data_pairs
 from .data import tasks as data_tasks
+from .data.tasks import sample_triples
 from .evaluation import answers_correctly, evaluate
 from .interventions import collect, metrics
 from .interventions.ablate import ablate
@@ -104,19 +104,6 @@ def _keep(vlm: VLM, cfg: PaperConfig, ablation: Any = None) -> Callable[[Any, An
     return keep
 
 
-def _subsample(items: Any, limit: int | None, seed: int, group: int = 4) -> list[Any]:
-    """All items, or a seeded sample of about ``limit`` of them, drawn as whole triples.
-
-    The enumerations list each triple's four directions together, so sampling groups of ``group``
-    consecutive items keeps the directions balanced.
-    """
-    n = len(items)
-    if limit is None or limit >= n:
-        return [items[i] for i in range(n)]
-    groups = sorted(random.Random(seed).sample(range(n // group), max(1, -(-limit // group))))
-    return [items[g * group + k] for g in groups for k in range(group)]
-
-
 def _lm_slots(vlm: VLM) -> list[sites.Site]:
     return [sites.lm_resid(s) for s in range(vlm.n_lm_layers + 1)]
 
@@ -135,7 +122,7 @@ def behaviour(vlm: VLM, cfg: PaperConfig) -> dict[str, Any]:
     """Table 1: top-1 accuracy per task and direction."""
     results = {}
     for task in cfg.tasks:
-        items = _subsample(getattr(data_tasks, f"{task}_items")(vlm.canvas), cfg.eval_limit, cfg.seed)
+        items = sample_triples(getattr(data_tasks, f"{task}_items")(vlm.canvas), cfg.eval_limit, cfg.seed)
         results[task] = evaluate(vlm, items, task=task, batch_size=cfg.batch_size, progress=cfg.progress)
     return results
 
@@ -189,7 +176,7 @@ def ordering_ablation(vlm: VLM, cfg: PaperConfig) -> dict[str, dict[str, float]]
         for task in cfg.tasks:
             limits = [n for n in (cfg.eval_limit, cfg.ablation_limit) if n is not None]
             limit = min(limits) if limits else None
-            chosen = _subsample(getattr(data_tasks, f"{task}_items")(vlm.canvas), limit, cfg.seed)
+            chosen = sample_triples(getattr(data_tasks, f"{task}_items")(vlm.canvas), limit, cfg.seed)
             correct = ablate(vlm, chosen, ablation, batch_size=cfg.batch_size)
             table.setdefault(variant, {})[task] = float(correct.values.mean())
     return table

@@ -351,3 +351,16 @@ def probe_split(n: int, *, seed: int = 0, train_fraction: float = 0.75) -> tuple
     random.Random(seed).shuffle(order)
     cut = int(train_fraction * n)
     return order[:cut], order[cut:]
+
+
+def sample_triples(items: Any, limit: int | None, seed: int, group: int = 4) -> list[Any]:
+    """All items, or a seeded sample of about ``limit`` of them, drawn as whole triples.
+
+    The enumerations list each triple's four directions together, so sampling groups of ``group``
+    consecutive items keeps the directions balanced.
+    """
+    n = len(items)
+    if limit is None or limit >= n:
+        return [items[i] for i in range(n)]
+    groups = sorted(random.Random(seed).sample(range(n // group), max(1, -(-limit // group))))
+    return [items[g * group + k] for g in groups for k in range(group)]
