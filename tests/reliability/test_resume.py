@@ -293,7 +293,9 @@ def test_missing_manifest_with_chunks_refuses(reference, copy, counted):
     assert counted["run"] == 4 and np.array_equal(result.values, reference[1].values)
 
 
-def test_kill_and_resume_is_bit_identical(reference, tmp_path, counted):
+@pytest.mark.parametrize("files_before_kill", [1, 3])
+def test_kill_and_resume_is_bit_identical(reference, tmp_path, counted, files_before_kill):
+    """SIGKILL after the first chunk file, and again later in the run (a chunk and the second chunk's base)."""
     out = tmp_path / "killed"
     code = "import sys; from tests.reliability.test_resume import run_job; run_job(sys.argv[1], delay=1.0)"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -301,7 +303,7 @@ def test_kill_and_resume_is_bit_identical(reference, tmp_path, counted):
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
-        while not list((out / "chunks").glob("*.npz")):
+        while len(list((out / "chunks").glob("*.npz"))) < files_before_kill:
             assert job.poll() is None, job.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the sweep subprocess wrote no chunk in time"
             time.sleep(0.02)
