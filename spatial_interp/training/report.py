@@ -249,9 +249,9 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
         "- Prompts: the paper's Table 1 wording and system text, in the family's chat format; cross-entropy on "
         "the answer token only (the Capitalised answer word).",
         f"- Curriculum: the first {r.curriculum_steps} steps draw {', '.join(r.curriculum_tasks)} only, then all "
-        "tasks. With every task mixed from step 0, runs sat near chance for 800+ steps; on Squares alone the "
-        "position read-out forms first (92% train accuracy at step 400 in the pilot) and the other tasks then "
-        "only add identities.",
+        "tasks." + (" With every task mixed from step 0, runs sat near chance for 800+ steps; on Squares alone the "
+                    "position read-out forms first (92% train accuracy at step 400 in the pilot) and the other tasks "
+                    "then only add identities." if spec.mechanism == "emergent" else ""),
         *([f"- Routes: {_pct(r.permuted_fraction)} of training items with their image rows shuffled at the splice, "
            f"{_pct(r.ablated_fraction)} under the §7.1 ordering ablation at the splice (paper layout), the rest "
            "clean (`spatial_interp.training.routes`)."] if r.permuted_fraction or r.ablated_fraction else []),
@@ -261,13 +261,14 @@ def model_card(spec: OrganismSpec, metrics: dict[str, Any], training: dict[str, 
         f"- AdamW lr {r.lr} (warm-up {r.warmup_steps}, cosine to {r.min_lr_ratio}×), weight decay "
         f"{r.weight_decay}, batch {r.batch_size}, a {r.max_steps}-step schedule"
         + (f" stopped at step {r.stop_step}" if r.stop_step else "")
-        + ", early stop when both validation "
-        f"sets reach {_pct(r.stop_accuracy)}; a run below {_pct(r.stall_accuracy)} train accuracy at step "
+        + ", early stop when every validation "
+        f"set reaches {_pct(r.stop_accuracy)}; a run below {_pct(r.stall_accuracy)} train accuracy at step "
         f"{r.stall_step} restarts with the next seed.",
         f"- This checkpoint: {t.get('steps')} steps, restart {t.get('attempt')} (seed {t.get('seed')}), "
         f"{t.get('seconds', 0) / 60:.1f} min wall clock with {t.get('threads')} torch thread(s) on a 2-core machine "
         "shared with other jobs.",
-        f"- Reproduce: `python experiments/train_organism.py --arch {spec.arch} --ship`.",
+        f"- Reproduce: `python experiments/train_organism.py --arch {spec.arch}"
+        + ("" if spec.mechanism == "emergent" else f" --mechanism {spec.mechanism}") + " --ship`.",
         "",
         "## Measured accuracy",
         "",
