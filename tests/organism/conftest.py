@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -21,6 +22,23 @@ def _shipped(name: str) -> bool:
     return (ORGANISM_DIR / ORGANISMS[name] / "model.safetensors").is_file()
 
 
+def require(name: str) -> str:
+    """``name``, or skip the test when this checkout does not ship that organism."""
+    if not _shipped(name):
+        pytest.skip(f"{name} is not shipped in this checkout")
+    return name
+
+
+@functools.cache
+def load_organism(name: str):
+    """Each organism loaded once per test session, whichever module asks first."""
+    return si.load(require(name))
+
+
+def card_metrics(name: str) -> dict:
+    return json.loads((ORGANISM_DIR / ORGANISMS[name] / "metrics.json").read_text())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
     previous = torch.get_num_threads()
@@ -31,16 +49,14 @@ def _threads():
 
 @pytest.fixture(scope="session", params=list(ORGANISMS))
 def organism_name(request) -> str:
-    if not _shipped(request.param):
-        pytest.skip(f"{request.param} is not shipped in this checkout")
-    return request.param
+    return require(request.param)
 
 
 @pytest.fixture(scope="session")
 def organism(organism_name):
-    return si.load(organism_name)
+    return load_organism(organism_name)
 
 
 @pytest.fixture(scope="session")
 def metrics(organism_name) -> dict:
-    return json.loads((ORGANISM_DIR / ORGANISMS[organism_name] / "metrics.json").read_text())
+    return card_metrics(organism_name)

@@ -6,14 +6,10 @@ MODEL_CARD.md) and what a broken hook, a wrong row index or an unused image woul
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-import spatial_interp as si
 from spatial_interp import site as sites
-from spatial_interp.models.load import ORGANISM_DIR
 from spatial_interp.training.evaluate import evaluate_scenes
 from spatial_interp.training.mechanism import (
     SceneItem,
@@ -24,26 +20,24 @@ from spatial_interp.training.mechanism import (
     vision_out_patching,
 )
 from spatial_interp.training.stimuli import CANVASES
-from tests.organism.conftest import EMERGENT, _shipped
+from tests.organism.conftest import EMERGENT, card_metrics, load_organism, require
 
 
 # Only the emergent organisms (the planted ones have their own ground-truth tests, test_planted.py).
 # Module-scoped overrides, so the session fixtures of conftest.py keep their own parameter cache.
 @pytest.fixture(scope="module", params=list(EMERGENT))
 def organism_name(request) -> str:
-    if not _shipped(request.param):
-        pytest.skip(f"{request.param} is not shipped in this checkout")
-    return request.param
+    return require(request.param)
 
 
 @pytest.fixture(scope="module")
 def organism(organism_name):
-    return si.load(organism_name)
+    return load_organism(organism_name)
 
 
 @pytest.fixture(scope="module")
 def metrics(organism_name) -> dict:
-    return json.loads((ORGANISM_DIR / EMERGENT[organism_name] / "metrics.json").read_text())
+    return card_metrics(organism_name)
 
 
 @pytest.fixture(scope="module")

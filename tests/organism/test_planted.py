@@ -16,20 +16,14 @@ import torch
 import spatial_interp as si
 from spatial_interp.mechanism import MechanismConfig, mechanism
 from spatial_interp.training.stimuli import CANVASES, paper_scene
-from tests.organism.conftest import PLANTED, _shipped
+from tests.organism.conftest import PLANTED, load_organism
 
 CONFIG = MechanismConfig(items=48, pairs_per_direction=5, probe_items=60, batch_size=48)
 
 
-def _load(name: str):
-    if not _shipped(name):
-        pytest.skip(f"{name} is not shipped in this checkout")
-    return si.load(name)
-
-
 @pytest.fixture(scope="module", params=list(PLANTED))
 def result(request):
-    vlm = _load(request.param)
+    vlm = load_organism(request.param)
     return request.param, mechanism(vlm, CONFIG)
 
 
@@ -93,7 +87,7 @@ def test_ordering_claims_rest_on_the_relative_probe(result):
 
 def test_position_organism_tokens_depend_on_their_own_patch_only():
     """Depth-0 tower: an entity moved by whole cells has bit-identical tokens, whatever else is drawn."""
-    vlm = _load("organism-qwen2-vl-position")
+    vlm = load_organism("organism-qwen2-vl-position")
     assert vlm.n_vision_blocks == 0
     canvas = CANVASES["qwen2_vl"]
     scenes = [paper_scene("squares", ("red", "green", "blue"), "left", canvas),
@@ -113,7 +107,7 @@ def test_position_organism_tokens_depend_on_their_own_patch_only():
 
 
 def test_vision_organism_is_position_blind_by_construction():
-    vlm = _load("organism-qwen2-vl-vision")
+    vlm = load_organism("organism-qwen2-vl-vision")
     assert vlm.model.config.text_config.rope_parameters["mrope_section"] == [16, 0, 0]
     items = [paper_scene("squares", t, d, CANVASES["qwen2_vl"]) for t in (("red", "green", "blue"),)
              for d in ("left", "right", "above", "below")]
