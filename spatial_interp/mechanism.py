@@ -60,7 +60,7 @@ from .interventions.ablate import ablate
 from .interventions.paper import criss_cross_regions, paper_ablation
 from .interventions.permute import permute_image_rows
 from .interventions.position_control import order_vs_position
-from .interventions.probes import Probe, slot_labels
+from .interventions.probes import Probe, relabelled_per_item, slot_labels
 from .interventions.sweep import sweep
 from .models.vlm import VLM
 
@@ -156,11 +156,7 @@ def probes(vlm: VLM, cfg: MechanismConfig, out: Path) -> dict[str, Any]:
     site_list = [sites.vision_out, *_lm_slots(vlm)]
     store = collect(vlm, items, site_list, out=out, batch_size=cfg.batch_size, progress=cfg.progress)
     labels = slot_labels(items, vlm.canvas)
-    rng = np.random.default_rng(cfg.seed)
-    shuffled = {}
-    for item_id, cells in labels.items():
-        relabel = dict(zip(range(3), rng.permutation(3).tolist(), strict=True))
-        shuffled[item_id] = {cell: relabel[slot] for cell, slot in cells.items()}
+    shuffled = relabelled_per_item(labels, 3, cfg.seed)
     accuracy, control = [], []
     for s in site_list:
         fit = Probe.fit(store, labels, site=s, seed=cfg.seed)

@@ -72,6 +72,19 @@ def split_items(items: Sequence[Any], test_fraction: float = 0.25, seed: int = 0
     return order[:cut], order[cut:]
 
 
+def relabelled_per_item(labels: Mapping[str, Mapping[int, int]], n_classes: int, seed: int = 0
+                        ) -> dict[str, dict[int, int]]:
+    """A label-shuffled control: each item's classes renamed by its own seeded permutation, so the cells'
+    grouping survives but which group is which class carries no information (a probe fitted on it scores
+    its split's chance level)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for item_id, cells in labels.items():
+        rename = rng.permutation(n_classes).tolist()
+        out[item_id] = {cell: rename[cls] for cell, cls in cells.items()}
+    return out
+
+
 def slot_labels(items: Iterable[Any], canvas: Any, *, centres: bool = False) -> dict[str, dict[int, int]]:
     """§4 labels from ``data`` items: each entity's cells → its slot (0/1/2); other cells unlabelled.
 

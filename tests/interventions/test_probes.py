@@ -124,3 +124,17 @@ def test_paper_probe_pipeline_on_data_items(chat, tmp_path):
     assert probe.train_items == [items[i].id for i in train] and probe.test_items == [items[i].id for i in test]
     assert probe.report.n_test_rows == 12 * len(test)
     assert probe.heatmap(store).shape == (3, 12, 12)
+
+
+def test_relabelled_per_item_keeps_groups_and_renames_classes():
+    from spatial_interp.interventions.probes import relabelled_per_item
+
+    labels = {f"i{k}": {c: c % 3 for c in range(9)} for k in range(20)}
+    out = relabelled_per_item(labels, 3, seed=1)
+    assert out.keys() == labels.keys()
+    renames = set()
+    for item, cells in labels.items():
+        rename = {cls: out[item][cell] for cell, cls in cells.items()}
+        assert sorted(rename.values()) == [0, 1, 2]  # a bijection of the classes, cells unchanged
+        renames.add(tuple(rename[c] for c in range(3)))
+    assert len(renames) > 1 and out == relabelled_per_item(labels, 3, seed=1)
