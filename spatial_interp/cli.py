@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-COMMANDS = ("info", "geometry", "eval", "sweep", "mechanism", "reproduce")
+COMMANDS = ("info", "geometry", "eval", "sweep", "mechanism", "attribute", "vision_depth", "plan", "reproduce")
 DEFAULT_MODEL = "organism-qwen2-vl-dual"
 
 EPILOG = """examples:
@@ -185,8 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     apply_config(args, parser, argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The package's own progress lines (which experiment runs, what is reused) show by default, so a long
+    # command is never silent; other libraries stay at warnings unless -v.
+    logging.getLogger("spatial_interp").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
     from .data.objects import MissingObjectsExtra  # an ImportError whose message says what to install
 
     try:

@@ -11,12 +11,19 @@ Example:
     >>> result = evaluate(vlm, squares_items(vlm.canvas)[:8], batch_size=4, progress=False)
     >>> result.n
     8
+    >>> from spatial_interp.data.pairs import criss_cross_pairs
+    >>> from spatial_interp.data.tasks import task_for
+    >>> keep = answers_correctly(vlm, batch_size=8)
+    >>> pairs = criss_cross_pairs(task_for("squares", vlm.canvas), vlm.canvas, n_per_direction=2, max_attempts=8,
+    ...                           keep=keep)
+    >>> all(keep(p.clean, p.cf) for p in pairs)
+    True
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,15 +94,22 @@ def evaluate(
     progress: bool = True,
     seed: int | None = None,
 ) -> EvalResult:
-    """Top-1 accuracy of ``vlm`` on ``items`` (anything with ``image``, ``prompt``, ``answer``, ``direction``)."""
+    """Top-1 accuracy of ``vlm`` on ``items`` (anything with ``image``, ``prompt``, ``answer``, ``direction``).
+
+    One forward per ``batch_size`` items. Items are read a batch at a time and dropped after it, so a
+    lazy item set (``data.items.ItemSet``) renders only the batch in hand: memory does not grow with
+    the number of items.
+    """
+    from .interventions.engine import note_forward
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    # Items are read a batch at a time: lazy item sets render their images only when indexed.
     ids, answers, directions, predictions, probs = [], [], [], [], []
     for start in tqdm(range(0, len(items), batch_size), desc=f"eval {task}".strip(), disable=not progress,
                       unit="batch"):
         chunk = [items[i] for i in range(start, min(start + batch_size, len(items)))]
         batch = vlm.prepare([it.image for it in chunk], [it.prompt for it in chunk], system)
+        note_forward(batch)
         last = vlm.forward(batch)[:, -1].float()
         top = last.argmax(-1)
         predictions += [vlm.tokenizer.decode([int(t)]) for t in top]
@@ -103,18 +117,64 @@ def evaluate(
         ids += [getattr(it, "id", str(start + j)) for j, it in enumerate(chunk)]
         answers += [it.answer for it in chunk]
         directions += [getattr(it, "direction", "") for it in chunk]
+        del chunk, batch  # the next batch's images are rendered before this loop rebinds them
     correct = [normalize(p) == normalize(a) for p, a in zip(predictions, answers, strict=True)]
     meta = provenance(vlm, seed=seed, config={"task": task, "batch_size": batch_size})
     return EvalResult(task, vlm.info.name, ids, answers, predictions, probs, directions, correct, meta)
 
 
-def answers_correctly(vlm: VLM, *, system: Any = DEFAULT_SYSTEM) -> Callable[[Any, Any], bool]:
-    """The paper's pair filter: keep a pair when the model's top-1 is right on both clean and cf items."""
+class PairFilter:
+    """The paper's pair filter: keep a pair when the model's top-1 is right on both its clean and cf items.
 
-    def keep(clean: Any, cf: Any) -> bool:
-        batch = vlm.prepare([clean.image, cf.image], [clean.prompt, cf.prompt], system)
-        top = vlm.forward(batch)[:, -1].argmax(-1)
-        said = [vlm.tokenizer.decode([int(t)]) for t in top]
-        return all(normalize(s) == normalize(item.answer) for s, item in zip(said, (clean, cf), strict=True))
+    Call it as ``keep(clean, cf) -> bool``, or hand it to ``data.pairs.build_pairs(keep=...)``, which
+    uses :meth:`many` to judge candidates ``batch_size`` rows (items) per forward, in draw order, and
+    selects exactly the pairs the one-pair-at-a-time filter would.
 
-    return keep
+    Args:
+        ablation: judge the answers under this ablation (§7.2: pairs answered correctly *under* it).
+        cache: the ``ReferenceCache`` of the ablation's references (shared with other ablation calls).
+        batch_size: items (two per pair) per forward.
+    """
+
+    def __init__(self, vlm: VLM, *, system: Any = DEFAULT_SYSTEM, ablation: Any = None, cache: Any = None,
+                 batch_size: int = 16) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.vlm, self.system, self.ablation, self.cache, self.batch_size = vlm, system, ablation, cache, batch_size
+
+    @property
+    def pairs_per_call(self) -> int:
+        """Pairs judged per forward (what ``build_pairs`` draws ahead at most)."""
+        return max(1, self.batch_size // 2)
+
+    def __call__(self, clean: Any, cf: Any) -> bool:
+        return self.many([(clean, cf)])[0]
+
+    def many(self, pairs: Sequence[tuple[Any, Any]]) -> list[bool]:
+        """For each ``(clean, cf)``, whether both are answered correctly (``batch_size`` items per forward)."""
+        from .interventions.ablate import ablated_logits
+        from .interventions.engine import note_forward
+        from .interventions.examples import as_example
+
+        rows = [item for pair in pairs for item in pair]
+        said: list[bool] = []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            if self.ablation is None:
+                batch = self.vlm.prepare([it.image for it in chunk], [it.prompt for it in chunk], self.system)
+                note_forward(batch)
+                logits = self.vlm.forward(batch)[:, -1]
+            else:
+                logits = ablated_logits(self.vlm, [as_example(it) for it in chunk], self.ablation, system=self.system,
+                                        batch_size=self.batch_size, cache=self.cache)
+            top = logits.argmax(-1).tolist()
+            said += [normalize(self.vlm.tokenizer.decode([t])) == normalize(it.answer)
+                     for t, it in zip(top, chunk, strict=True)]
+        return [said[2 * i] and said[2 * i + 1] for i in range(len(pairs))]
+
+
+def answers_correctly(vlm: VLM, *, system: Any = DEFAULT_SYSTEM, ablation: Any = None, cache: Any = None,
+                      batch_size: int = 16) -> PairFilter:
+    """The paper's pair filter (a :class:`PairFilter`): top-1 right on both the clean and the cf item,
+    optionally under ``ablation`` (§7.2). ``build_pairs`` judges its candidates in batches."""
+    return PairFilter(vlm, system=system, ablation=ablation, cache=cache, batch_size=batch_size)

@@ -10,6 +10,8 @@ Table 1 (behaviour)    ``evaluate`` on the Squares / Shapes / Objects items at t
 §7.1 ablation (T5)     ``ablate`` with the ordering ablation, full grid and capped (flat id < 144)
 §7.2 (Fig 9)           criss-cross pairs kept under the ablation → object-swap ``sweep`` under it
 §8 amplification (T2)  ``steer`` along the slot probe's directions vs random ones → summary
+vision depth           :mod:`spatial_interp.vision_depth`: probes, swaps, attention flow and knockouts per block
+attribution            ``attribute`` over every cell × site on criss-cross pairs, checked against exact patching
 route verdicts         :mod:`spatial_interp.mechanism` on this model and on every shipped organism
 =====================  ===========================================================================
 
@@ -17,7 +19,8 @@ Example:
     >>> import tempfile, spatial_interp as si
     >>> from spatial_interp.reproduce import PaperConfig, reproduce
     >>> cfg = PaperConfig(tasks=("squares",), pairs_per_direction=1, eval_limit=8, filter_pairs=False,
-    ...                   alphas=(0, 4), amplify_items=4, progress=False)
+    ...                   alphas=(0, 4), amplify_items=4, position_items=12, progress=False, verdict=None,
+    ...                   vision_depth=None)
     >>> summary = reproduce(si.load("tiny-qwen2-vl"), tempfile.mkdtemp(), cfg)
     >>> sorted(summary["experiments"])[:3]
     ['ablation', 'amplification', 'behaviour']
@@ -26,8 +29,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,32 +42,38 @@ from typing import Any
 import numpy as np
 
 from . import site as sites
+from .attribution_experiment import AttributionConfig, attribution_map
 from .data import pairs as data_pairs
 from .data import tasks as data_tasks
 from .data.tasks import sample_triples
 from .evaluation import answers_correctly, evaluate
 from .interventions import collect, metrics
-from .interventions.ablate import ablate
+from .interventions.ablate import ReferenceCache, ablate
+from .interventions.fingerprint import weights_key
 from .interventions.paper import criss_cross_regions, paper_ablation
 from .interventions.position_control import order_vs_position
-from .interventions.probes import Probe, slot_labels
+from .interventions.probes import Probe, relabelled_per_item, slot_labels
 from .interventions.steer import amplification as steer_amplification
 from .interventions.steer import random_directions
 from .interventions.sweep import SweepMismatchError, sweep
 from .mechanism import MechanismConfig, mechanism
 from .models.vlm import VLM
-from .report import layer_curves, strip_maps, write_report
-from .report.html import Section
-from .report.verdicts import verdict_section
-from .results import LabelledArray, provenance, write_json
+from .progress import experiment
+from .report import write_report
+from .report.reproduction import reproduction_sections
+from .results import LabelledArray, folder_lock, git_commit, provenance, write_json
+from .vision_depth import VisionDepthConfig, vision_depth
 
 log = logging.getLogger(__name__)
 
-METRIC_LABELS = {
-    "last_token": {"c0": "clean answer", "c1": "middle", "c2": "clean far side", "c3": "cf answer",
-                   "c4": "cf far side"},
-    "criss_cross": {"c0": "clean answer", "c1": "middle", "c2": "swapped (cf) answer"},
-}
+RUN_FILE = "run.json"
+"""What a ``reproduce`` folder was made by (the run key and its parts); checked before any work."""
+STAGE_FILE = "result.json"
+"""Written last in each experiment's folder: its result, reused when the run key matches."""
+
+
+class ReproduceMismatchError(ValueError):
+    """``--out`` already holds a reproduce run made with other settings."""
 
 
 @dataclass(frozen=True)
@@ -85,23 +97,27 @@ class PaperConfig:
     """Sizes of the route verdict (``None`` skips it)."""
     compare_organisms: tuple[str, ...] = ()
     """Shipped organisms whose verdicts are measured beside this model's (their planted truth next to them)."""
+    vision_depth: VisionDepthConfig | None = dataclasses.field(default_factory=lambda: VISION_DEPTH_SIZES)
+    """Sizes of the look inside the vision encoder (not in the paper; ``None`` skips it)."""
+    attribution: AttributionConfig | None = dataclasses.field(default_factory=AttributionConfig)
+    """Attribution patching over every cell × site, checked against exact patching (``None`` skips it)."""
 
 
 MECHANISM_SIZES = MechanismConfig(items=48, pairs_per_direction=5, probe_items=60, batch_size=48)
 """The route verdict at the sizes the ground-truth tests use (tests/organism/test_planted.py)."""
+VISION_DEPTH_SIZES = VisionDepthConfig(probe_items=24, blank_items=4, pairs_per_direction=2, flow_items=1,
+                                       knockout_items=8)
+"""The vision-encoder depth profile at the sizes of tests/organism/test_vision_depth.py."""
+
+NOT_IN_KEY = ("progress",)
+"""Settings that do not change any number (left out of the run key)."""
 
 
-def _keep(vlm: VLM, cfg: PaperConfig, ablation: Any = None) -> Callable[[Any, Any], bool] | None:
+def _keep(vlm: VLM, cfg: PaperConfig, ablation: Any = None, cache: ReferenceCache | None = None) -> Any:
+    """The paper's pair filter (both runs answered correctly; §7.2: *under* the ablation), judged in batches."""
     if not cfg.filter_pairs:
         return None
-    if ablation is None:
-        return answers_correctly(vlm)
-    score = metrics.top1(vlm.tokenizer)
-
-    def keep(clean: Any, cf: Any) -> bool:  # §7.2: both answered correctly *under* the ablation
-        return bool(ablate(vlm, [clean, cf], ablation, metric=score).values.all())
-
-    return keep
+    return answers_correctly(vlm, ablation=ablation, cache=cache, batch_size=cfg.batch_size)
 
 
 def _lm_slots(vlm: VLM) -> list[sites.Site]:
@@ -109,13 +125,18 @@ def _lm_slots(vlm: VLM) -> list[sites.Site]:
 
 
 def _resumable_sweep(vlm: VLM, *args: Any, **kwargs: Any) -> LabelledArray:
-    """``sweep`` into ``out``: resumes the same work, and recomputes (logged) when the folder holds other work —
-    a re-run of ``reproduce`` with other settings into the same folder replaces its results."""
+    """``sweep`` into ``out``: resumes the same work; a folder left by other work (a ``--force`` re-run) is
+    recomputed, logged."""
     try:
         return sweep(vlm, *args, **kwargs)
     except SweepMismatchError as error:
         log.warning("%s; recomputing it", error)
         return sweep(vlm, *args, force=True, **kwargs)
+
+
+# --- the experiments: each returns (plain JSON-able result, named labelled arrays) -------------------------
+
+Outcome = tuple[dict[str, Any], dict[str, LabelledArray]]
 
 
 def behaviour(vlm: VLM, cfg: PaperConfig) -> dict[str, Any]:
@@ -127,24 +148,55 @@ def behaviour(vlm: VLM, cfg: PaperConfig) -> dict[str, Any]:
     return results
 
 
+def _behaviour_stage(vlm: VLM, cfg: PaperConfig, out: Path) -> Outcome:
+    return {t: {"accuracy": r.accuracy, "n": r.n, "correct": int(sum(r.correct)), "per_direction": r.per_direction()}
+            for t, r in behaviour(vlm, cfg).items()}, {}
+
+
 def probing(vlm: VLM, cfg: PaperConfig, out: Path, task: str = "squares") -> dict[str, Any]:
-    """§4: slot probes on ``vision_out`` per orientation, test accuracy, strip maps over every cell."""
+    """§4: slot probes on ``vision_out`` per orientation, test accuracy with a label-shuffled control,
+    strip maps over every cell; the probes are saved under ``out``."""
     found = {}
     for orientation in ("horizontal", "vertical"):
         items = data_tasks.probing_items(data_tasks.task_for(task, vlm.canvas), vlm.canvas, orientation)
         items = [items[i] for i in range(len(items))]
         acts = out / f"acts-{orientation}"
         if acts.exists():
-            # Scratch activations of an earlier run into this folder: the probe is refitted from fresh ones.
+            # Scratch activations of an interrupted run: the probe is refitted from fresh ones.
             shutil.rmtree(acts)
         store = collect(vlm, items, [sites.vision_out], out=acts, batch_size=cfg.batch_size,
                         progress=cfg.progress)
         classes = ["left", "middle", "right"] if orientation == "horizontal" else ["top", "middle", "bottom"]
-        probe = Probe.fit(store, slot_labels(items, vlm.canvas), site=sites.vision_out, method=cfg.probe_method,
+        labels = slot_labels(items, vlm.canvas)
+        probe = Probe.fit(store, labels, site=sites.vision_out, method=cfg.probe_method,
                           classes=classes, seed=cfg.seed)
+        shuffled = Probe.fit(store, relabelled_per_item(labels, 3, cfg.seed), site=sites.vision_out,
+                             method=cfg.probe_method, classes=classes, test_items=probe.test_items, seed=cfg.seed)
         probe.save(out / f"probe-{orientation}")
-        found[orientation] = {"probe": probe, "heatmap": probe.heatmap(store, probe.test_items)}
+        test_item = next(it for it in items if it.id in set(probe.test_items))
+        found[orientation] = {"probe": probe, "heatmap": probe.heatmap(store, probe.test_items),
+                              "shuffled_accuracy": float(shuffled.report.accuracy), "stimulus": test_item.image}
+        shutil.rmtree(acts)  # the activations are scratch: the probe, its maps and its report are kept
     return found
+
+
+def _probing_stage(vlm: VLM, cfg: PaperConfig, out: Path) -> Outcome:
+    probes = probing(vlm, cfg, out)
+    result: dict[str, Any] = {}
+    arrays: dict[str, LabelledArray] = {}
+    for orientation, found in probes.items():
+        result[orientation] = {**found["probe"].report.to_dict(), "shuffled_labels": found["shuffled_accuracy"],
+                               "n_test_items": len(found["probe"].test_items), "chance": 1 / 3}
+        arrays[f"map-{orientation}"] = found["heatmap"]
+        found["stimulus"].save(out / f"stimulus-{orientation}.png")
+    control = order_vs_position(vlm, "squares", sites.vision_out, n_items=cfg.position_items, sub_cell=True,
+                                seed=cfg.seed, shuffled_control=False, batch_size=cfg.batch_size)
+    result["position_control"] = {k: v for k, v in control.items() if k != "heatmaps"}
+    for name, maps in control["heatmaps"].items():
+        if name != "fixed":
+            arrays[f"control-{name}"] = LabelledArray(np.asarray(maps), ("class", "row", "col"),
+                                                      {"class": control["classes"]})
+    return result, arrays
 
 
 def last_token(vlm: VLM, cfg: PaperConfig, out: Path, task: str = "squares") -> LabelledArray:
@@ -156,11 +208,12 @@ def last_token(vlm: VLM, cfg: PaperConfig, out: Path, task: str = "squares") -> 
                             metrics.answer_probs(vlm.tokenizer), out=out, progress=cfg.progress, seed=cfg.seed)
 
 
-def criss_cross(vlm: VLM, cfg: PaperConfig, out: Path, task: str = "squares", ablation: Any = None) -> LabelledArray:
+def criss_cross(vlm: VLM, cfg: PaperConfig, out: Path, task: str = "squares", ablation: Any = None,
+                cache: ReferenceCache | None = None) -> LabelledArray:
     """§6 / Figs 6–7 (and §7.2 / Fig 9 with ``ablation``): swap object or strip regions at each LM slot."""
     pair_set = data_pairs.criss_cross_pairs(data_tasks.task_for(task, vlm.canvas), vlm.canvas,
                                             n_per_direction=cfg.pairs_per_direction, max_attempts=cfg.max_attempts,
-                                            seed=cfg.seed, keep=_keep(vlm, cfg, ablation))
+                                            seed=cfg.seed, keep=_keep(vlm, cfg, ablation, cache))
     regions = criss_cross_regions(vlm)
     if ablation is not None:
         regions = {"object": regions["object"]}  # the ablation equalises the background: strips are moot
@@ -168,27 +221,36 @@ def criss_cross(vlm: VLM, cfg: PaperConfig, out: Path, task: str = "squares", ab
                             pairing="swap", ablation=ablation, out=out, progress=cfg.progress, seed=cfg.seed)
 
 
-def ordering_ablation(vlm: VLM, cfg: PaperConfig) -> dict[str, dict[str, float]]:
+def _sweep_outcome(result: LabelledArray) -> Outcome:
+    n = len(result.coords["pair"])
+    summary = {"n_pairs": n, "metrics": list(result.coords["metric"]), "sites": [str(s) for s in result.coords["site"]],
+               "mean": result.mean("pair").values.tolist() if n else []}
+    if "region" in result.axes:
+        summary["regions"] = list(result.coords["region"])
+    return summary, {"sweep": result}
+
+
+def ordering_ablation(vlm: VLM, cfg: PaperConfig, cache: ReferenceCache | None = None) -> dict[str, dict[str, Any]]:
     """Table 5: accuracy with the vision encoder's ordering information ablated (full grid and capped)."""
-    table: dict[str, dict[str, float]] = {}
+    table: dict[str, dict[str, Any]] = {}
+    limits = [n for n in (cfg.eval_limit, cfg.ablation_limit) if n is not None]
+    limit = min(limits) if limits else None
     for variant, cap in (("full", None), ("capped", 144)):
         ablation = paper_ablation(vlm.canvas, background_cap=cap)
         for task in cfg.tasks:
-            limits = [n for n in (cfg.eval_limit, cfg.ablation_limit) if n is not None]
-            limit = min(limits) if limits else None
             chosen = sample_triples(getattr(data_tasks, f"{task}_items")(vlm.canvas), limit, cfg.seed)
-            correct = ablate(vlm, chosen, ablation, batch_size=cfg.batch_size)
-            table.setdefault(variant, {})[task] = float(correct.values.mean())
+            correct = ablate(vlm, chosen, ablation, batch_size=cfg.batch_size, cache=cache).values[:, 0]
+            table.setdefault(variant, {})[task] = {"accuracy": float(correct.mean()), "correct": int(correct.sum()),
+                                                   "n": int(correct.size)}
     return table
 
 
-def amplification(vlm: VLM, cfg: PaperConfig, probes: dict[str, Any], task: str = "squares") -> dict[str, Any]:
+def amplification(vlm: VLM, cfg: PaperConfig, probes: dict[str, Probe], task: str = "squares") -> dict[str, Any]:
     """§8 analogue on synthetic items: amplify each axis's slot-probe directions at every image position of
     ``lm_resid(0)``, against seeded random directions; the None / Probe / Probe* / Random / Random* row."""
-    items = list(data_tasks.random_layout_items(data_tasks.task_for(task, vlm.canvas), vlm.canvas,
-                                                cfg.amplify_items, seed=cfg.seed + 101, sub_cell=True))
-    axis = {"horizontal": probes["horizontal"]["probe"].directions,
-            "vertical": probes["vertical"]["probe"].directions}
+    items = data_tasks.random_layout_items(data_tasks.task_for(task, vlm.canvas), vlm.canvas, cfg.amplify_items,
+                                           seed=cfg.seed + 101, sub_cell=True)  # rendered a chunk at a time
+    axis = {name: probe.directions for name, probe in probes.items()}
     control = {name: random_directions(vlm.d_model, d.shape[0], seed=cfg.seed + k)
                for k, (name, d) in enumerate(axis.items())}
 
@@ -201,33 +263,17 @@ def amplification(vlm: VLM, cfg: PaperConfig, probes: dict[str, Any], task: str 
     return {"summary": summary, "probe": probe_run, "random": random_run}
 
 
-def probing_section(probes: dict[str, Any], control: dict[str, Any]) -> Section:
-    """§4: the paper's fixed-layout probe maps, and the absolute-vs-relative control that any claim about
-    *ordering* rests on (every sentence computed from the numbers)."""
-    fixed = {o: p["probe"].report.accuracy for o, p in probes.items()}
-    r, e = control["random"], control["empty"]
-    text = ("Probes trained on entity cells of the paper's fixed layout; test accuracy "
-            + ", ".join(f"{o} {a:.3f}" for o, a in fixed.items())
-            + f" (chance {1 / 3:.3f}). On the fixed layout a probe that reads only where a token sits scores as "
-            "well, so these numbers alone support no claim about ordering. The control (horizontal, squares): "
-            f"trained on the triple shifted by {control['shifts']} cells, tested on other shifts "
-            f"{control['shifted']['accuracy_mean']:.3f}; on random layouts {r['accuracy']:.3f} against a "
-            f"position-only baseline of {r['position_baseline']:.3f}")
-    if r.get("conflict_accuracy") is not None:
-        text += (f", and {r['conflict_accuracy']:.3f} on the {r['n_conflict_rows']} tokens where position and "
-                 "order disagree — " + ("the probe follows order" if r["conflict_accuracy"] > 0.5 else
-                                         "the probe does not follow order there"))
-    text += (f". Blank-canvas tokens give their column band at {e['accuracy']:.3f} (chance {e['chance']:.3f}): "
-             + ("the tokens carry absolute position." if e["accuracy"] > e["chance"] + 0.1 else
-                "the tokens carry no absolute position."))
-    figures = [strip_maps(p["heatmap"], title=f"{o}, fixed layout (test accuracy {p['probe'].report.accuracy:.3f})")
-               for o, p in probes.items()]
-    for name, maps in control["heatmaps"].items():
-        if name != "fixed":
-            figures.append(strip_maps(LabelledArray(np.asarray(maps), ("class", "row", "col"),
-                                                    {"class": control["classes"]}),
-                                      title=f"horizontal probe of the fixed layout on images shifted {name[5:]} cells"))
-    return Section("§4 — slot probes on vision_out", text, figures)
+def _amplification_stage(vlm: VLM, cfg: PaperConfig, out: Path, probing_folder: Path) -> Outcome:
+    probes = {o: Probe.load(probing_folder / f"probe-{o}") for o in ("horizontal", "vertical")}
+    amp = amplification(vlm, cfg, probes)
+    curves = {name: amp[name].sel(metric="top1").values.mean(1).tolist() for name in ("probe", "random")}
+    return {"summary": amp["summary"], "alphas": [float(a) for a in cfg.alphas], "accuracy_by_alpha": curves,
+            "n_items": len(amp["probe"].coords["item"])}, {"probe": amp["probe"], "random": amp["random"]}
+
+
+def _attribution_outcome(found: dict[str, Any]) -> Outcome:
+    arrays = {name: found[name] for name in ("regions", "cells") if found.get(name) is not None}
+    return {k: v for k, v in found.items() if k not in ("regions", "cells")}, arrays
 
 
 def route_verdicts(vlm: VLM, cfg: PaperConfig) -> list[dict[str, Any]]:
@@ -235,93 +281,161 @@ def route_verdicts(vlm: VLM, cfg: PaperConfig) -> list[dict[str, Any]]:
     from .models.load import load
 
     verdict_cfg = dataclasses.replace(cfg.verdict, seed=cfg.seed)
+    log.info("route verdict: %s", vlm.info.name)
     results = [mechanism(vlm, verdict_cfg)]
     for name in cfg.compare_organisms:
         if name != vlm.info.name:
+            log.info("route verdict: %s", name)
             results.append(mechanism(load(name), verdict_cfg))
     return results
 
 
-def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None) -> dict[str, Any]:
-    """Run every experiment on ``vlm``; results under ``out`` and ``out/report.html``; returns the summary."""
+# --- running them, resumably -------------------------------------------------------------------------------
+
+def run_key(vlm: VLM, cfg: PaperConfig) -> dict[str, Any]:
+    """Everything that changes the numbers of a run: model, weights, dtype, every size and seed, and the code."""
+    from . import __version__
+
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_KEY}
+    parts = {"model": vlm.info.name, "revision": vlm.info.revision, "weights": weights_key(vlm),
+             "dtype": str(vlm.dtype).replace("torch.", ""), "config": config, "package_version": __version__,
+             "git_commit": git_commit()}
+    parts = json.loads(json.dumps(parts, default=str))  # as stored in run.json (tuples as lists), for comparing
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    return {"key": digest, "parts": parts}
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{name}.")
+        elif a != b:
+            found.append(f"{prefix}{name}: {_short(a)} → {_short(b)}")
+    return found
+
+
+def check_out_folder(out: Path, key: dict[str, Any], *, force: bool = False) -> None:
+    """Refuse, before any work, a folder holding a run with another key (unless ``force``: then clear it)."""
+    run_file = out / RUN_FILE
+    if not run_file.is_file():
+        return
+    previous = json.loads(run_file.read_text())
+    if previous.get("key") == key["key"]:
+        return
+    if not force:
+        changed = _differences(previous.get("parts", {}), key["parts"])
+        raise ReproduceMismatchError(
+            f"--out {out} already holds a reproduce run with other settings ({'; '.join(changed[:6]) or 'unknown'}"
+            f"{'; …' if len(changed) > 6 else ''}); give a new --out folder, or --force to discard that run "
+            "and start afresh")
+    log.warning("--force: discarding the earlier run in %s", out)
+    for name in (*STAGES, "report.html", "summary.json", "provenance.json", RUN_FILE):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+STAGES = ("behaviour", "probing", "last_token", "criss_cross", "ablation", "criss_cross_ablated", "amplification",
+          "vision_depth", "attribution", "verdicts")
+
+
+STAGE_LABELS = {"behaviour": "Table 1", "probing": "§4 probes", "last_token": "§5 last token",
+                "criss_cross": "§6 criss-cross", "ablation": "Table 5 ablation",
+                "criss_cross_ablated": "§7.2 under the ablation", "amplification": "§8 amplification",
+                "vision_depth": "inside the vision encoder", "attribution": "attribution patching",
+                "verdicts": "route verdicts"}
+
+
+def _stage(out: Path, name: str, key: str, compute: Callable[[Path], Outcome]) -> Outcome:
+    """The result of experiment ``name``: reused from ``out/name`` when its key matches, else computed
+    (an interrupted sweep inside continues from its chunks) and written, result file last."""
+    folder = out / name
+    done = folder / STAGE_FILE
+    label = STAGE_LABELS.get(name, name)
+    if done.is_file():
+        record = json.loads(done.read_text())
+        if record.get("key") == key:
+            log.info("%s: reusing the finished result in %s", label, folder)
+            return record["result"], {a: LabelledArray.load(folder / "arrays" / a) for a in record["arrays"]}
+    log.info("%s: running", label)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with experiment(label):
+        result, arrays = compute(folder)
+    log.info("%s: done in %.1f s", label, time.perf_counter() - started)
+    for array_name, array in arrays.items():
+        array.save(folder / "arrays" / array_name)
+    write_json(done, {"key": key, "result": result, "arrays": sorted(arrays)})
+    return result, arrays
+
+
+def _model_record(vlm: VLM) -> dict[str, Any]:
+    from .models.load import ORGANISM_DIR, ORGANISM_PREFIX
+
+    record = {"name": vlm.info.name, "source": vlm.info.source, "arch": vlm.arch, "revision": vlm.info.revision,
+              "n_lm_layers": vlm.n_lm_layers, "n_vision_blocks": vlm.n_vision_blocks, "d_model": vlm.d_model,
+              "extra": {k: v for k, v in vlm.info.extra.items()}}
+    if vlm.info.source == "organism":
+        card = ORGANISM_DIR / vlm.info.name[len(ORGANISM_PREFIX):] / "MODEL_CARD.md"
+        record["card"] = card.resolve().as_uri() if card.is_file() else None
+    return record
+
+
+def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None, *, force: bool = False) -> dict[str, Any]:
+    """Run every experiment on ``vlm``; results under ``out`` and ``out/report.html``; returns the summary.
+
+    Re-running with the same model and settings into the same ``out`` reuses each finished experiment
+    (its result file carries the run key) and continues an interrupted one; other settings are refused
+    before any work (:class:`ReproduceMismatchError`) unless ``force`` discards the earlier run.
+    """
     cfg = cfg or PaperConfig()
     out = Path(out)
+    key = run_key(vlm, cfg)
+    check_out_folder(out, key, force=force)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"config": dataclasses.asdict(cfg), "experiments": {}}
-    sections: list[Section] = []
-    exp = summary["experiments"]
+    with folder_lock(out):
+        if not (out / RUN_FILE).is_file():
+            write_json(out / RUN_FILE, key)
+            write_json(out / "provenance.json", provenance(vlm, seed=cfg.seed, config=key["parts"]["config"]))
+        k = key["key"]
+        cache = ReferenceCache()  # §7.1 and §7.2 share their reference activations
+        results: dict[str, dict[str, Any]] = {}
+        arrays: dict[str, dict[str, LabelledArray]] = {}
 
-    log.info("Table 1: behaviour")
-    table1 = behaviour(vlm, cfg)
-    exp["behaviour"] = {t: {"accuracy": r.accuracy, "n": r.n, "per_direction": r.per_direction()}
-                        for t, r in table1.items()}
-    sections.append(Section("Table 1 — behavioural accuracy", "Top-1 of the final position, normalised.",
-                            table=[["task", "n", "accuracy", *["left", "right", "above", "below"]]] + [
-                                [t, str(r.n), f"{r.accuracy:.3f}",
-                                 *[f"{r.per_direction().get(d, {}).get('accuracy', float('nan')):.3f}"
-                                   for d in ("left", "right", "above", "below")]] for t, r in table1.items()]))
+        def stage(name: str, compute: Callable[[Path], Outcome]) -> None:
+            results[name], arrays[name] = _stage(out, name, k, compute)
 
-    log.info("§4 probing")
-    probes = probing(vlm, cfg, out / "probing")
-    exp["probing"] = {o: p["probe"].report.to_dict() for o, p in probes.items()}
-    control = order_vs_position(vlm, "squares", sites.vision_out, n_items=cfg.position_items, sub_cell=True,
-                                seed=cfg.seed,
-                                shuffled_control=False, batch_size=cfg.batch_size)
-    exp["probing_control"] = {k: control[k] for k in ("summary", "shifts", "fixed", "random", "empty")}
-    exp["probing_control"]["shifted_mean"] = control["shifted"]["accuracy_mean"]
-    sections.append(probing_section(probes, control))
+        stage("behaviour", lambda folder: _behaviour_stage(vlm, cfg, folder))
+        stage("probing", lambda folder: _probing_stage(vlm, cfg, folder))
+        stage("last_token", lambda folder: _sweep_outcome(last_token(vlm, cfg, folder / "sweep")))
+        stage("criss_cross", lambda folder: _sweep_outcome(criss_cross(vlm, cfg, folder / "sweep")))
+        stage("ablation", lambda folder: (ordering_ablation(vlm, cfg, cache), {}))
+        stage("criss_cross_ablated", lambda folder: _sweep_outcome(
+            criss_cross(vlm, cfg, folder / "sweep", ablation=paper_ablation(vlm.canvas), cache=cache)))
+        stage("amplification", lambda folder: _amplification_stage(vlm, cfg, folder, out / "probing"))
+        if cfg.vision_depth is not None:
+            depth_cfg = dataclasses.replace(cfg.vision_depth, seed=cfg.seed)
+            stage("vision_depth", lambda folder: (vision_depth(vlm, depth_cfg, out=folder / "work"), {}))
+        if cfg.attribution is not None:
+            atp_cfg = dataclasses.replace(cfg.attribution, seed=cfg.seed)
+            stage("attribution", lambda folder: _attribution_outcome(attribution_map(vlm, atp_cfg)))
+        if cfg.verdict is not None:
+            stage("verdicts", lambda folder: ({"models": route_verdicts(vlm, cfg)}, {}))
 
-    log.info("§5 last-token patching")
-    lt = last_token(vlm, cfg, out / "last_token")
-    exp["last_token"] = {"n_pairs": len(lt.coords["pair"]), "mean": lt.mean("pair").values.tolist()}
-    sections.append(Section("§5 — last-token patching (Fig 3)", f"{len(lt.coords['pair'])} pairs.",
-                            [layer_curves(lt, labels=METRIC_LABELS["last_token"],
-                                          title="cf final-position residual patched into the clean run")]))
-
-    log.info("§6 criss-cross patching")
-    cc = criss_cross(vlm, cfg, out / "criss_cross")
-    exp["criss_cross"] = {"n_pairs": len(cc.coords["pair"]), "mean": cc.mean("pair").values.tolist(),
-                          "regions": cc.coords["region"]}
-    sections.append(Section("§6 — criss-cross patching (Figs 6/7)", f"{len(cc.coords['pair'])} pairs; swap of the "
-                            "outer object slots vs of the outer strips at each LM slot.",
-                            [layer_curves(cc, region=r, labels=METRIC_LABELS["criss_cross"], title=f"{r} swap")
-                             for r in cc.coords["region"]]))
-
-    log.info("§7.1 ordering ablation")
-    exp["ablation"] = ordering_ablation(vlm, cfg)
-    sections.append(Section("Table 5 — vision-encoder ordering ablated at lm_resid(0)",
-                            "Entity slots take isolated-middle references, the background the empty canvas.",
-                            table=[["variant", *cfg.tasks]] + [[v, *[f"{a[t]:.3f}" for t in cfg.tasks]]
-                                                                for v, a in exp["ablation"].items()]))
-
-    log.info("§7.2 criss-cross under ablation")
-    under = criss_cross(vlm, cfg, out / "criss_cross_ablated", ablation=paper_ablation(vlm.canvas))
-    exp["criss_cross_ablated"] = {"n_pairs": len(under.coords["pair"]),
-                                  "mean": under.mean("pair").values.tolist() if len(under.coords["pair"]) else []}
-    sections.append(Section("§7.2 — object swap under the ablation (Fig 9)",
-                            f"{len(under.coords['pair'])} pairs answered correctly under the ablation.",
-                            [layer_curves(under, region="object", labels=METRIC_LABELS["criss_cross"])]))
-
-    log.info("§8 amplification")
-    amp = amplification(vlm, cfg, probes)
-    exp["amplification"] = amp["summary"]
-    row = amp["summary"]
-    sections.append(Section("§8 — amplifying the slot-probe directions at lm_resid(0)",
-                            "Random-layout items; α grid " + ", ".join(f"{a:g}" for a in cfg.alphas) + ".",
-                            table=[["None", "Probe", "Probe*", "Random", "Random*", "best α", "% errors fixed"],
-                                   [f"{row['none_acc']:.3f}", f"{row['probe_acc']:.3f}", f"{row['probe_star_acc']:.3f}",
-                                    f"{row['random_acc']:.3f}", f"{row['random_star_acc']:.3f}",
-                                    str(row['best_probe_alpha']), f"{row['probe_pct_errors_fixed']:.1f}"]]))
-
-    if cfg.verdict is not None:
-        log.info("route verdicts")
-        verdicts = route_verdicts(vlm, cfg)
-        exp["verdicts"] = verdicts
-        sections.append(verdict_section(verdicts, title="Which route carries order — measured verdicts"))
-
-    summary["provenance"] = provenance(vlm, seed=cfg.seed, config=summary["config"])
-    write_json(out / "summary.json", summary)
-    write_report(sections, out / "report.html", title=f"spatial_interp — {vlm.info.name}")
-    summary["report"] = str(out / "report.html")
-    return summary
-
+        summary = {"run_key": k, "model": _model_record(vlm), "weights": key["parts"]["weights"],
+                   "config": key["parts"]["config"], "experiments": results}
+        write_json(out / "summary.json", summary)
+        images = {o: out / "probing" / f"stimulus-{o}.png" for o in ("horizontal", "vertical")}
+        prov = json.loads((out / "provenance.json").read_text())
+        sections = reproduction_sections(summary, arrays, provenance=prov, stimuli=images)
+        write_report(sections, out / "report.html", title=f"spatial_interp — {vlm.info.name}")
+    return {**summary, "report": str(out / "report.html")}

@@ -150,6 +150,17 @@ def git_commit(start: str | os.PathLike | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def git_dirty(start: str | os.PathLike | None = None) -> bool | None:
+    """Whether the checkout has uncommitted changes to tracked files (``None`` outside a git checkout)."""
+    where = Path(start) if start else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def provenance(vlm: Any = None, *, seed: int | None = None, config: Mapping[str, Any] | None = None) -> dict:
     """What produced a result: model id and revision, package and library versions, git commit, seed, config."""
     from importlib.metadata import PackageNotFoundError, version
@@ -164,6 +175,7 @@ def provenance(vlm: Any = None, *, seed: int | None = None, config: Mapping[str,
         "package": "spatial-interp",
         "package_version": _version("spatial-interp"),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "versions": {name: _version(name) for name in ("torch", "transformers", "nnsight", "numpy")},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,

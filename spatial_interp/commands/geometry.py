@@ -11,7 +11,6 @@ import argparse
 from PIL import Image
 
 from .. import site as sites
-from ..geometry import GeometryError
 from ..images import check_image_size
 from ._shared import add_model_argument, emit, load_model, model_name, refuse_remote
 
@@ -79,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         return 0 if report.passed else 1
     if args.box is None:
         raise SystemExit("geometry: give --box X0 Y0 X1 Y1 (pixels), or --verify")
+    from ..geometry import GeometryError
+
     size = tuple(args.image_size) if args.image_size else vlm.adapter.native_size
     try:
         info = box_report(vlm, size, tuple(args.box))

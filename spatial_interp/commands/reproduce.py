@@ -16,6 +16,7 @@ from ._shared import add_model_argument, emit, load_model, model_name
 
 EXAMPLES = """examples:
   spatial-interp reproduce                                   # the shipped organism, report in runs/
+  spatial-interp reproduce                                   # again: reuses every finished experiment
   spatial-interp reproduce --tasks squares --pairs-per-direction 4 --out runs/quick
   spatial-interp reproduce --model Qwen/Qwen2-VL-7B-Instruct --device cuda --paper-sizes
 """
@@ -41,7 +42,14 @@ def add_parser(subparsers, common) -> None:
                         help="organisms whose route verdicts are measured beside this model's "
                         "(default: every shipped organism; give none to skip them)")
     parser.add_argument("--no-verdict", action="store_true", help="skip the route verdicts")
+    parser.add_argument("--no-attribution", action="store_true",
+                        help="skip attribution patching over every cell x site")
+    parser.add_argument("--no-vision-depth", action="store_true",
+                        help="skip the look inside the vision encoder (probes, swaps, attention per block)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--force", action="store_true",
+                        help="discard an earlier run with other settings in --out and start afresh (a re-run "
+                        "with the same settings resumes without it)")
     parser.set_defaults(run=run)
 
 
@@ -56,6 +64,10 @@ def config_from(args: argparse.Namespace):
     changes = {k: v for k, v in given.items() if v is not None}
     if args.no_verdict:
         changes["verdict"] = None
+    if args.no_vision_depth:
+        changes["vision_depth"] = None
+    if args.no_attribution:
+        changes["attribution"] = None
     from ..models.load import organism_names
 
     changes["compare_organisms"] = tuple(organism_names() if args.compare is None else args.compare)
@@ -68,28 +80,48 @@ def run(args: argparse.Namespace) -> int:
 
     if args.remote:
         raise SystemExit("reproduce runs locally; use the primitives with remote=True for NDIF")
+    cfg = config_from(args)
     vlm = load_model(args)
     out = args.out or Path("runs") / f"reproduce-{model_name(args).replace('/', '_')}"
-    summary = reproduce(vlm, out, config_from(args))
+    summary = reproduce(vlm, out, cfg, force=args.force)
+    emit(args, summary, summary_lines(model_name(args), summary))
+    return 0
+
+
+def summary_lines(name: str, summary: dict) -> list[str]:
+    """The few numbers of each experiment, named, for the terminal."""
     exp = summary["experiments"]
-    lines = [f"{model_name(args)} -> {summary['report']}", "Table 1 (top-1):"]
+    lines = [f"{name} -> {summary['report']}", "Table 1 (top-1; chance 0.333):"]
     lines += [f"  {task:8s} {r['accuracy']:.3f} (n={r['n']})" for task, r in exp["behaviour"].items()]
-    lines.append("§4 slot-probe test accuracy at vision_out: " + ", ".join(
-        f"{o} {r['accuracy']:.3f}" for o, r in exp["probing"].items()))
-    ablated = [f"{variant}: " + ", ".join(f"{t} {a:.3f}" for t, a in accs.items())
+    lines.append("§4 slot-probe test accuracy at vision_out (label-shuffled control): " + ", ".join(
+        f"{o} {exp['probing'][o]['accuracy']:.3f} ({exp['probing'][o]['shuffled_labels']:.3f})"
+        for o in ("horizontal", "vertical")))
+    for key, label in (("last_token", "§5 last-token"), ("criss_cross", "§6 criss-cross"),
+                       ("criss_cross_ablated", "§7.2 under the ablation")):
+        lines.append(f"{label}: {exp[key]['n_pairs']} pairs")
+    ablated = [f"{variant}: " + ", ".join(f"{t} {a['accuracy']:.3f}" for t, a in accs.items())
                for variant, accs in exp["ablation"].items()]
     lines.append("Table 5 (ordering ablated): " + "; ".join(ablated))
-    amp = exp["amplification"]
+    amp = exp["amplification"]["summary"]
     lines.append(f"§8 amplification: none {amp['none_acc']:.3f}, probe {amp['probe_acc']:.3f} "
-                 f"(α={amp['best_probe_alpha']}), probe* {amp['probe_star_acc']:.3f}, random {amp['random_acc']:.3f}")
+                 f"(α={amp['best_probe_alpha']}), probe* {amp['probe_star_acc']:.3f}, random {amp['random_acc']:.3f}, "
+                 f"random* {amp['random_star_acc']:.3f}")
+    if "vision_depth" in exp:
+        first = exp["vision_depth"]["first"]
+        lines.append("inside the vision encoder, first site where: " + ", ".join(
+            f"{name.replace('_', ' ')} {site or 'none'}" for name, site in first.items()))
+    if exp.get("attribution", {}).get("agreement"):
+        agreement = exp["attribution"]["agreement"]
+        lines.append("attribution vs exact patching (Spearman): " + ", ".join(
+            f"{level} {agreement[level]['spearman']:.2f}" for level in ("regions", "cells")
+            if agreement.get(level) and agreement[level].get("spearman") is not None))
     from ..report.verdicts import matches_planted, route_word
 
-    for result in exp.get("verdicts", []):
+    for result in exp.get("verdicts", {}).get("models", []):
         v = result["verdict"]
         match = matches_planted(result)
         lines.append(f"route verdict {result['numbers']['model']}: vision route "
                      f"{route_word(v['vision_route']['present'])}, LM positional route "
                      f"{route_word(v['lm_position_route']['present'])}"
                      + ("" if match is None else f" (planted truth: {'matches' if match else 'DOES NOT match'})"))
-    emit(args, {k: v for k, v in summary.items() if k != "provenance"}, lines)
-    return 0
+    return lines

@@ -41,8 +41,9 @@ def add_parser(subparsers, common) -> None:
     parser.add_argument("--strip-widths", nargs=3, type=int, default=None, metavar=("L", "M", "R"),
                         help="band widths of the strip tiling (default: the reference code's, e.g. Qwen 4 4 4)")
     parser.add_argument("--metric", default="probs", choices=("probs", "top1", "logit-diff"),
-                        help="probs: 4-variant probabilities of c0 c1 c2 (default); top1: clean answer; "
-                             "logit-diff: c0 minus c2")
+                        help="probs: probabilities of the clean answer, middle and cf answer (default); "
+                             "top1: clean answer; "
+                             "logit-diff: clean answer minus cf answer logit")
     parser.add_argument("--ablate", default=None, choices=("full", "capped"),
                         help="ablate vision ordering information first (§7.2); capped = flat ids < 144")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per patched forward (default: 64)")

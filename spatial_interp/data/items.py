@@ -138,6 +138,10 @@ class ItemSet(Sequence[Item]):
         for build in self._builders:
             yield build()
 
+    def take(self, indices: Iterable[int]) -> ItemSet:
+        """The items at ``indices``, in that order, still built on access (nothing is rendered here)."""
+        return ItemSet([self._builders[i] for i in indices], name=self.name)
+
     def __repr__(self) -> str:
         return f"ItemSet(name={self.name!r}, n={len(self)})"
 

@@ -15,7 +15,10 @@ Tuple algebra (``t`` = the sampled tuple, ``d`` = the direction):
 probability metric. Sampling: one ``random.Random(seed)`` stream consumed by the directions in order;
 per direction draw distinct elements, skip tuples already drawn, keep a tuple when the optional
 ``keep(clean_item, cf_item)`` callback accepts it, stop at ``n_per_direction`` kept or ``max_attempts``
-draws.
+draws. A ``keep`` with a ``many(pairs) -> list[bool]`` method (``evaluation.PairFilter``) judges
+candidates in batches: ``build_pairs`` draws ahead, judges the batch in one call, and rewinds the
+stream to just after the draw that completed a direction, so the pairs, their ``attempt`` numbers and
+the next direction's draws are exactly those of the one-at-a-time filter.
 
 Example:
     >>> from spatial_interp.data.tasks import task_for
@@ -27,7 +30,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +60,7 @@ ItemMaker = Callable[[Sequence[str], str, str], Item]
 #: ``sampler(rng) -> tuple``: draws one candidate tuple of names.
 Sampler = Callable[[random.Random], tuple[str, ...]]
 KeepFn = Callable[[Item, Item], bool]
+"""``keep(clean, cf) -> bool``; may also have ``many(pairs) -> list[bool]`` and ``pairs_per_call`` (batched)."""
 
 
 def pair_slots(kind: str, elements: Sequence[str], direction: str) -> tuple[tuple[str, ...], str,
@@ -76,6 +82,16 @@ def pair_slots(kind: str, elements: Sequence[str], direction: str) -> tuple[tupl
         clean = t if first else t[::-1]
         return clean, direction, clean[::-1], direction
     raise ValueError(f"unknown pair kind {kind!r}; expected one of {PAIR_KINDS}")
+
+
+ANSWER_ROLES = MappingProxyType({
+    # t0 answers the clean prompt and t3 the cf prompt; t2 sits in the clean image at the slot the cf prompt
+    # asks about (the paper's ordinal signal), t4 in the cf image at the slot the clean prompt asks about.
+    "last_token": ("clean answer", "middle", "clean image at cf slot", "cf answer", "cf image at clean slot"),
+    # The cf run swaps the outer slots, so the clean answer t0 and the cf answer t2 trade places.
+    "criss_cross": ("clean answer", "middle", "cf answer"),
+})
+"""Role of each of a pair's ``prob_strs``, by pair kind, in tuple order."""
 
 
 @dataclass
@@ -110,6 +126,11 @@ class Pair:
     @property
     def cf_answer(self) -> str:
         return self.prob_strs[3] if self.kind == "last_token" else self.prob_strs[2]
+
+    @property
+    def answer_names(self) -> tuple[str, ...]:
+        """What each of ``prob_strs`` is to this pair (metric names: ``clean answer``, ``cf answer``, …)."""
+        return ANSWER_ROLES[self.kind]
 
 
 @dataclass
@@ -147,28 +168,65 @@ def _answer(name: str) -> str:
 def build_pairs(kind: str, make_item: ItemMaker, sampler: Sampler, *, directions: Sequence[str] = DIRECTIONS,
                 n_per_direction: int = 50, max_attempts: int = 2000, seed: int = 0,
                 keep: KeepFn | None = None, answer_of: Callable[[str], str] = _answer) -> PairSet:
-    """Sample pairs with one seeded stream over ``directions`` (see the module docstring)."""
+    """Sample pairs with one seeded stream over ``directions`` (see the module docstring).
+
+    A batched ``keep`` (one with ``many``) is called with at most ``keep.pairs_per_call`` candidates
+    (default 16). The first call of each direction asks for just the pairs still needed, so it judges
+    no candidate the one-at-a-time filter would not; later calls draw ahead by the acceptance rate seen
+    so far, and what they judge past the last kept pair is discarded (the stream is rewound).
+    """
     if kind not in PAIR_KINDS:
         raise ValueError(f"unknown pair kind {kind!r}; expected one of {PAIR_KINDS}")
+    many = getattr(keep, "many", None)
+    if keep is not None and not callable(keep) and many is None:
+        raise TypeError(f"keep must be a function (clean, cf) -> bool or have a many(pairs) method, got {keep!r}")
+    per_call = int(getattr(keep, "pairs_per_call", 16)) if many is not None else 1
+    if per_call < 1:
+        raise ValueError(f"keep.pairs_per_call must be >= 1, got {per_call}")
     rng = random.Random(seed)
     out: dict[str, list[Pair]] = {}
     attempts: dict[str, int] = {}
+    judged = accepted = 0  # over all directions: the acceptance rate that sizes the look-ahead
     for direction in directions:
         kept: list[Pair] = []
         seen: set[tuple[str, ...]] = set()
         n = 0
         while len(kept) < n_per_direction and n < max_attempts:
-            n += 1
-            elements = tuple(sampler(rng))
-            if len(elements) != TUPLE_SIZE[kind]:
-                raise ValueError(f"sampler returned {len(elements)} elements for a {kind} tuple")
-            if elements in seen:
-                continue
-            seen.add(elements)
-            pair = Pair(kind, direction, elements, [answer_of(e) for e in elements], n, make_item, len(kept))
-            if keep is not None and not keep(pair.clean, pair.cf):
-                continue
-            kept.append(pair)
+            needed = n_per_direction - len(kept)
+            rate = accepted / judged if judged else 1.0
+            want = min(per_call, max(needed, math.ceil(needed / max(rate, 1 / per_call))))
+            # (pair, draws so far, stream state) right after each fresh candidate's draw, in draw order.
+            candidates: list[tuple[Pair, int, Any]] = []
+            while len(candidates) < want and n < max_attempts:
+                n += 1
+                elements = tuple(sampler(rng))
+                if len(elements) != TUPLE_SIZE[kind]:
+                    raise ValueError(f"sampler returned {len(elements)} elements for a {kind} tuple")
+                if elements in seen:
+                    continue
+                seen.add(elements)
+                pair = Pair(kind, direction, elements, [answer_of(e) for e in elements], n, make_item, len(kept))
+                candidates.append((pair, n, rng.getstate() if many is not None else None))
+            if keep is None:
+                verdicts = [True] * len(candidates)
+            elif many is not None:
+                verdicts = [bool(v) for v in many([(p.clean, p.cf) for p, _, _ in candidates])]
+                if len(verdicts) != len(candidates):
+                    raise ValueError(f"keep.many returned {len(verdicts)} verdicts for {len(candidates)} pairs")
+            else:
+                verdicts = [bool(keep(p.clean, p.cf)) for p, _, _ in candidates]
+            for (pair, draws, state), ok in zip(candidates, verdicts, strict=True):
+                judged += 1
+                if not ok:
+                    continue
+                accepted += 1
+                kept.append(dataclasses.replace(pair, index=len(kept)))
+                if len(kept) == n_per_direction:
+                    if state is not None:
+                        # Undo the look-ahead past this draw: the one-at-a-time filter stopped here.
+                        rng.setstate(state)
+                        n = draws
+                    break
         out[direction] = kept
         attempts[direction] = n
     return PairSet(kind, out, attempts, seed)

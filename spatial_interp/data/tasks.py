@@ -357,10 +357,15 @@ def sample_triples(items: Any, limit: int | None, seed: int, group: int = 4) -> 
     """All items, or a seeded sample of about ``limit`` of them, drawn as whole triples.
 
     The enumerations list each triple's four directions together, so sampling groups of ``group``
-    consecutive items keeps the directions balanced.
+    consecutive items keeps the directions balanced. An :class:`~.items.ItemSet` gives an ``ItemSet``
+    back (rendered on access, so a whole task's images are never held at once); any other sequence a list.
     """
     n = len(items)
     if limit is None or limit >= n:
-        return [items[i] for i in range(n)]
-    groups = sorted(random.Random(seed).sample(range(n // group), max(1, -(-limit // group))))
-    return [items[g * group + k] for g in groups for k in range(group)]
+        chosen = list(range(n))
+    else:
+        groups = sorted(random.Random(seed).sample(range(n // group), max(1, -(-limit // group))))
+        chosen = [g * group + k for g in groups for k in range(group)]
+    if isinstance(items, ItemSet):
+        return items.take(chosen)
+    return [items[i] for i in chosen]

@@ -1,4 +1,4 @@
-"""Intervention primitives: collect, patch, sweep, probes, steer, ablate.
+"""Intervention primitives: collect, patch, sweep, probes, steer, ablate, attention flow and knockout.
 
 Each primitive takes plain data (images and prompts, pairs, regions, sites), runs batched nnsight
 traces through :mod:`.engine` (the only trace body, remote-safe), and returns labelled arrays
@@ -19,19 +19,30 @@ Patching strips on a tiny model (runs offline in seconds)::
     # Swap the left and right strips (columns 0-3 <-> 8-11 of the 12x12 grid) at the LM input.
     grid = si.Grid(12, 12)
     strips = Swap(Region.columns(grid, 0, 4), Region.columns(grid, 8, 12))
-    probs = si.patch(vlm, pairs, si.site.lm_resid(0), strips, pairing="swap")  # (pair, metric): c0 c1 c2
+    probs = si.patch(vlm, pairs, si.site.lm_resid(0), strips, pairing="swap")  # (pair, metric)
     print(probs.mean("pair").values, probs.extras["clean"].mean("pair").values)
 
     # Every residual slot x {object, strip}: batched, cached vision tower, resumable from runs/strips.
     result = si.sweep(vlm, pairs, [si.site.lm_resid(s) for s in range(vlm.n_lm_layers + 1)],
                       criss_cross_regions(vlm), pairing="swap", out="runs/strips")
-    print(result.sel(region="strip", metric="c2").mean("pair").values)  # P(counterfactual answer) by slot
+    print(result.sel(region="strip", metric="cf answer").mean("pair").values)  # P(cf answer) by slot
 """
 
 from .ablate import Ablation, Reference, ablate, ordering_ablation, ordering_references
+from .attention import Knockout, attention_flow, knockout
+from .attribution import attribute, validate_attribution
 from .collect import ActivationStore, collect
 from .examples import Example, PatchPair, Swap, as_example, as_pair
-from .metrics import answer_probs, logit_diff, top1, top_token
+from .metrics import (
+    answer_log_odds,
+    answer_logit_diff,
+    answer_prob,
+    answer_probs,
+    logit_diff,
+    prob_diff,
+    top1,
+    top_token,
+)
 from .patch import Intervention, patch, patch_logits
 from .permute import permute_image_rows
 from .position_control import order_vs_position
@@ -40,8 +51,10 @@ from .steer import amplification, amplification_summary, random_directions, stee
 from .sweep import sweep
 
 __all__ = [
-    "Ablation", "ActivationStore", "Example", "Intervention", "PatchPair", "Probe", "Reference", "Swap", "ablate",
-    "amplification", "amplification_summary", "answer_probs", "as_example", "as_pair", "collect", "logit_diff",
+    "Ablation", "ActivationStore", "Example", "Intervention", "Knockout", "PatchPair", "Probe", "Reference", "Swap",
+    "ablate", "attention_flow", "knockout",
+    "amplification", "amplification_summary", "answer_log_odds", "answer_logit_diff", "answer_prob", "answer_probs",
+    "as_example", "as_pair", "attribute", "collect", "logit_diff",
     "order_vs_position", "ordering_ablation", "ordering_references", "patch", "patch_logits", "permute_image_rows",
-    "random_directions", "steer", "sweep", "top1", "top_token",
+    "prob_diff", "random_directions", "steer", "sweep", "top1", "top_token", "validate_attribution",
 ]

@@ -5,7 +5,12 @@ a reference (image, prompt) run, aligned row-major". The paper's vision-encoder 
 is one list of references per item (:func:`ordering_references`): each entity slot takes the
 middle-slot cells of an image showing that entity alone in the middle slot, and every other cell
 takes the same cell of an empty canvas, so identity survives and position information does not.
-Reference runs are computed once per distinct (image, prompt).
+Reference runs stop right after their read, and are computed once per distinct reference: at
+``lm_resid(0)`` (and vision sites) the image rows do not depend on the prompt, so one run per
+distinct image (content hash of its pixels) serves every prompt; elsewhere one per (image, prompt,
+system). A :class:`ReferenceCache` passed to several calls keeps them across calls. When an ablation
+at ``lm_resid(0)`` overwrites every image row (the full-grid variant), the item's own vision tower
+is not run: the references are fed in as its vision embeddings.
 
 Example:
     >>> import spatial_interp as si
@@ -19,24 +24,29 @@ Example:
     >>> item = Example(Image.new("RGB", (336, 336), "red"), "The color is ", answer="red")
     >>> ablate(vlm, [item], blank_everything).axes
     ('item', 'metric')
+    >>> cache = ReferenceCache()
+    >>> _ = ablate(vlm, [item, item], blank_everything, cache=cache)
+    >>> len(cache), cache.misses
+    (1, 1)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from PIL import Image
 from torch import Tensor
 
-from ..geometry import Box, GeometryError, ImageLayout, Region
+from ..geometry import Box, GeometryError, Grid, ImageLayout, Region
 from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..results import LabelledArray, provenance
 from ..site import Site, lm_resid, resolve
-from .engine import Edit, Read, run
-from .examples import Example, as_example
+from .engine import Edit, Read, read_and_stop, run
+from .examples import Example, example_chunks
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,64 @@ LM_INPUT = lm_resid(0)
 ReferenceFn = Callable[[Example, ImageLayout], Sequence[Reference]]
 
 
+def prompt_independent(site: Site) -> bool:
+    """Whether an image's rows at ``site`` depend on its image alone (vision sites and ``lm_resid(0)``,
+    where the vision embeddings are spliced in and no decoder layer has mixed in the text yet)."""
+    site = resolve(site)
+    return site.is_vision or (site.kind == "lm_resid" and site.index == 0)
+
+
+class ReferenceCache:
+    """Reference activations (every cell of one reference run at one site), kept across calls.
+
+    Pass one cache to every :func:`ablate` / :meth:`Ablation.compute` call of a run (e.g. all of
+    Table 5 and the §7.2 pair filter): each distinct reference is then computed once. Entries are
+    keyed by content: ``(site, image hash)`` at prompt-independent sites (:func:`prompt_independent`),
+    ``(site, image+prompt hash, system)`` elsewhere. A cache belongs to the first model it is used
+    with; using it with another is a ValueError (its activations would be that model's).
+
+    Attributes:
+        hits, misses: look-ups answered from the cache, and references that had to be run.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, tuple[Grid, Tensor]] = {}
+        self._owner: tuple[str, int] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"ReferenceCache({len(self)} references, {self.hits} hits, {self.misses} misses)"
+
+    def bind(self, vlm: VLM) -> None:
+        """Tie the cache to ``vlm`` (first use), or refuse a different model."""
+        owner = (vlm.info.name, id(vlm.model))
+        if self._owner is None:
+            self._owner = owner
+        elif self._owner != owner:
+            raise ValueError(f"this ReferenceCache holds activations of {self._owner[0]!r} (model object "
+                             f"{self._owner[1]:#x}); use a new ReferenceCache() for {vlm.info.name!r}")
+
+    @staticmethod
+    def key(site: Site, example: Example, system: Any) -> tuple:
+        site = resolve(site)
+        if prompt_independent(site):
+            return (str(site), example.image_key)
+        return (str(site), example.key, "<default>" if system is DEFAULT_SYSTEM else repr(system))
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._entries
+
+    def get(self, key: tuple) -> tuple[Grid, Tensor]:
+        return self._entries[key]
+
+    def put(self, key: tuple, grid: Grid, values: Float[Tensor, "cells d"]) -> None:
+        self._entries[key] = (grid, values)
+
+
 @dataclass(frozen=True)
 class Ablation:
     """Which references each item gets, and the site they are written at (default ``lm_resid(0)``).
@@ -79,41 +147,73 @@ class Ablation:
             raise ValueError("ablation replaces image positions; use an lm_resid(s) site without .last_token")
 
     def compute(self, vlm: VLM, examples: Sequence[Example], layouts: Sequence[ImageLayout], *,
-                system: Any = DEFAULT_SYSTEM, remote: bool | str = False,
-                batch_size: int = 16) -> list[list[tuple[Region, Tensor]]]:
-        """For each example, ``(target region, replacement values)`` pairs (one reference forward each)."""
+                system: Any = DEFAULT_SYSTEM, remote: bool | str = False, batch_size: int = 16,
+                cache: ReferenceCache | None = None) -> list[list[tuple[Region, Tensor]]]:
+        """For each example, ``(target region, replacement values)`` pairs.
+
+        Each distinct reference not in ``cache`` is run once (``batch_size`` per forward, stopped
+        right after its read); ``cache`` defaults to one for this call only.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        cache = cache if cache is not None else ReferenceCache()
+        cache.bind(vlm)
         refs = [list(self.references(ex, layout)) for ex, layout in zip(examples, layouts, strict=True)]
-        unique: dict[str, Example] = {}
-        for item_refs in refs:
-            for ref in item_refs:
-                unique.setdefault(ref.example.key, ref.example)
-        order = list(unique)
-        acts: dict[str, Tensor] = {}
-        grids: dict[str, Any] = {}
+        keys = [[cache.key(self.site, ref.example, system) for ref in item_refs] for item_refs in refs]
+        missing: dict[tuple, Example] = {}
+        for item_refs, item_keys in zip(refs, keys, strict=True):
+            for ref, key in zip(item_refs, item_keys, strict=True):
+                if key in cache or key in missing:
+                    cache.hits += 1
+                else:
+                    missing[key] = ref.example
+        order = list(missing)
+        cache.misses += len(order)
         for start in range(0, len(order), batch_size):
-            chunk = [unique[k] for k in order[start:start + batch_size]]
+            chunk_keys = order[start:start + batch_size]
+            chunk = [missing[k] for k in chunk_keys]
             batch = vlm.prepare([e.image for e in chunk], [e.prompt for e in chunk], system=system)
             # Read every cell of each reference once; targets pick their cells from it.
             reads = [Read(self.site, torch.full((layout.grid.n_cells,), layout.batch_index),
                           layout.indices(None, self.site)) for layout in batch.layouts]
-            out = run(vlm, batch, reads=reads, remote=remote)
-            for example, layout, read in zip(chunk, batch.layouts, out.reads, strict=True):
-                acts[example.key] = read.detach().cpu()
-                grids[example.key] = layout.grid
+            values = read_and_stop(vlm, batch, reads, remote=remote)
+            for key, layout, read in zip(chunk_keys, batch.layouts, values, strict=True):
+                cache.put(key, layout.grid, read.detach().cpu())
         result = []
-        for item_refs, layout in zip(refs, layouts, strict=True):
+        for item_refs, item_keys, layout in zip(refs, keys, layouts, strict=True):
             pairs = []
-            for ref in item_refs:
-                grid = grids[ref.example.key]
+            for ref, key in zip(item_refs, item_keys, strict=True):
+                grid, acts = cache.get(key)
                 source = ref.source if ref.source is not None else ref.target
                 if source.grid != grid:
                     raise GeometryError(f"reference image has a {grid} grid but its region is on "
                                         f"{source.grid}; use a reference image of the item's size")
                 if ref.target.grid != layout.grid:
                     raise GeometryError(f"reference target is on {ref.target.grid} but the item has {layout.grid}")
-                pairs.append((ref.target, acts[ref.example.key][source.flat]))
+                pairs.append((ref.target, acts[source.flat]))
             result.append(pairs)
         return result
+
+    def vision_features(self, computed: Sequence[list[tuple[Region, Tensor]]],
+                        layouts: Sequence[ImageLayout]) -> Float[Tensor, "rows d"] | None:
+        """The items' ``vision_out`` rows with the references written in, when they replace every image
+        row at ``lm_resid(0)`` (then the layer-0 input is exactly these rows, and the vision tower
+        need not run); ``None`` otherwise."""
+        if self.site != LM_INPUT:
+            return None
+        parts = []
+        for pairs, layout in zip(computed, layouts, strict=True):
+            if not pairs:
+                return None
+            rows = torch.empty(layout.grid.n_cells, pairs[0][1].shape[-1], dtype=pairs[0][1].dtype)
+            written = torch.zeros(layout.grid.n_cells, dtype=torch.bool)
+            for target, vals in pairs:  # in edit order, so overlapping targets resolve as the edits would
+                rows[target.flat] = vals
+                written[target.flat] = True
+            if not bool(written.all()):
+                return None
+            parts.append(rows)
+        return torch.cat(parts)
 
     def edits(self, computed: Sequence[list[tuple[Region, Tensor]]], layouts: Sequence[ImageLayout]) -> list[Edit]:
         """Set-edits (phase 0) writing each item's references into its batch row."""
@@ -206,11 +306,16 @@ def ablate(
     batch_size: int = 16,
     system: Any = DEFAULT_SYSTEM,
     remote: bool | str = False,
+    cache: ReferenceCache | None = None,
 ) -> LabelledArray:
     """Run ``items`` with their references written in; returns a labelled ``(item, metric)`` array.
 
     Give either an :class:`Ablation` or ``references=`` (a function ``(example, layout) -> [Reference]``)
     with ``site=``. The default metric is top-1 correctness against each item's answer (Table 5).
+
+    Items are read and converted ``batch_size`` at a time (a lazy ``ItemSet`` renders only the chunk in
+    hand). Forwards: one per chunk, plus one per ``batch_size`` distinct references not yet in
+    ``cache`` (default: a cache for this call; pass one ``ReferenceCache`` to every call of a run).
     """
     from .metrics import evaluate, top1
 
@@ -219,26 +324,37 @@ def ablate(
                          "list[Reference]); e.g. interventions.paper.paper_ablation(vlm.canvas)")
     if ablation is None:
         ablation = Ablation(references, site)
-    examples = [as_example(i) for i in items]
-    if not examples:
-        raise ValueError("ablate() needs at least one item")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     metric = metric if metric is not None else top1(vlm.tokenizer)
-    rows, names = [], None
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        logits = ablated_logits(vlm, chunk, ablation, system=system, remote=remote, batch_size=batch_size)
+    cache = cache if cache is not None else ReferenceCache()
+    rows, names, item_names = [], None, []
+    for chunk in example_chunks(items, batch_size):
+        logits = ablated_logits(vlm, chunk, ablation, system=system, remote=remote, batch_size=batch_size,
+                                cache=cache)
         values, names = evaluate(metric, logits, chunk)
         rows.append(values)
+        item_names += [e.name for e in chunk]
+        del chunk, logits  # else this chunk's images stay alive while the next one renders
+    if not rows:
+        raise ValueError("ablate() needs at least one item")
     return LabelledArray(torch.cat(rows).numpy(), ("item", "metric"),
-                         {"item": [e.name for e in examples], "metric": names},
+                         {"item": item_names, "metric": names},
                          attrs={"site": str(ablation.site)},
                          provenance=provenance(vlm, config={"primitive": "ablate", "site": str(ablation.site)}))
 
 
-def ablated_logits(vlm: VLM, items: Sequence[Any], ablation: Ablation, *, system: Any = DEFAULT_SYSTEM,
-                   remote: bool | str = False, batch_size: int = 16) -> Tensor:
-    """Final-position logits of ``items`` under ``ablation`` (one batch)."""
-    examples = [as_example(i) for i in items]
+def ablated_logits(vlm: VLM, items: Iterable[Any], ablation: Ablation, *, system: Any = DEFAULT_SYSTEM,
+                   remote: bool | str = False, batch_size: int = 16,
+                   cache: ReferenceCache | None = None) -> Float[Tensor, "batch vocab"]:
+    """Final-position logits of ``items`` under ``ablation`` (one batch; see :func:`ablate` for ``cache``)."""
+    examples = [e for chunk in example_chunks(items, None) for e in chunk]
+    if not examples:
+        raise ValueError("ablated_logits() needs at least one item")
     batch = vlm.prepare([e.image for e in examples], [e.prompt for e in examples], system=system)
-    computed = ablation.compute(vlm, examples, batch.layouts, system=system, remote=remote, batch_size=batch_size)
+    computed = ablation.compute(vlm, examples, batch.layouts, system=system, remote=remote, batch_size=batch_size,
+                                cache=cache)
+    features = ablation.vision_features(computed, batch.layouts)
+    if features is not None:
+        return run(vlm, batch, vision_features=features, remote=remote).logits
     return run(vlm, batch, ablation.edits(computed, batch.layouts), remote=remote).logits

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..models.vlm import DEFAULT_SYSTEM, VLM
+from ..progress import progress_bar
 from ..results import LabelledArray, atomic_write, folder_lock, provenance, remove_stale_temps, write_json, write_npz
 from ..site import Site, parse
 from .engine import Read, run
@@ -136,7 +136,7 @@ def _collect_locked(vlm: VLM, items: Iterable[Any], sites: Sequence[Site], regio
     checksums: dict[str, str] = {}
     n_items, n_chunks = 0, 0
     iterator = iter(items)
-    with tqdm(total=total, desc="collect", unit="item", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(total=total, desc="collect", unit="item", disable=not progress) as bar:
         while True:
             chunk = [as_example(x) for x in itertools.islice(iterator, batch_size)]
             if not chunk:

@@ -27,7 +27,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
@@ -296,6 +299,7 @@ def run(
         inputs["mm_encoder_outputs"] = vlm.adapter.encoder_outputs(
             vision_features.to(device=home_device(vlm), dtype=vlm.dtype), sizes)
 
+    _note_forward(batch, vision=vision_features is None, skipped=len(skip_paths), stopped=False)
     if remote is False:
         gathered, logits = _traced_forward(vlm.envoy, inputs, remote, skip_paths, skip_value, plan)
     else:
@@ -387,3 +391,278 @@ def vision_feature_reads(layouts: Sequence[ImageLayout]) -> list[Read]:
     from ..site import vision_out
 
     return [Read(vision_out, None, torch.cat([layout.vision_out_rows for layout in layouts]))]
+
+
+# --- counting forwards -----------------------------------------------------------------------------
+@dataclass
+class ForwardCount:
+    """What :func:`count_forwards` saw: every traced forward of the engine (``run``, ``read_and_stop``).
+
+    Attributes:
+        forwards: traced forwards.
+        rows: batch rows over all of them.
+        vision_images: images that went through the vision tower (fed vision features do not).
+        stopped: forwards halted after their last read (no LM output, no logits).
+        layers_skipped: decoder layers replaced by a cached prefix, summed over forwards.
+    """
+
+    forwards: int = 0
+    rows: int = 0
+    vision_images: int = 0
+    stopped: int = 0
+    layers_skipped: int = 0
+
+
+# A context variable, not a module global: nested counters see the same forwards, and concurrent
+# threads or tasks each count their own.
+_COUNTERS: ContextVar[tuple[ForwardCount, ...]] = ContextVar("spatial_interp_forward_counters", default=())
+
+
+@contextmanager
+def count_forwards() -> Iterator[ForwardCount]:
+    """Count the engine's traced forwards inside the ``with`` block (nested blocks all count).
+
+    Example:
+        >>> import spatial_interp as si
+        >>> from PIL import Image
+        >>> from spatial_interp.interventions.engine import count_forwards, run
+        >>> vlm = si.load("tiny-qwen2-vl")
+        >>> batch = vlm.prepare([Image.new("RGB", (336, 336), "red")] * 3, ["The color is "] * 3)
+        >>> with count_forwards() as seen:
+        ...     _ = run(vlm, batch)
+        >>> seen.forwards, seen.rows, seen.vision_images
+        (1, 3, 3)
+    """
+    counter = ForwardCount()
+    token = _COUNTERS.set((*_COUNTERS.get(), counter))
+    try:
+        yield counter
+    finally:
+        _COUNTERS.reset(token)
+
+
+def note_forward(batch: Batch, *, vision: bool = True, skipped: int = 0, stopped: bool = False) -> None:
+    """Record one forward over ``batch`` in every active :func:`count_forwards` counter: for forwards
+    run outside the engine (``vlm.forward``), so that counts cover them too."""
+    _note_forward(batch, vision=vision, skipped=skipped, stopped=stopped)
+
+
+def _note_forward(batch: Batch, *, vision: bool, skipped: int, stopped: bool) -> None:
+    for counter in _COUNTERS.get():
+        counter.forwards += 1
+        counter.rows += len(batch)
+        counter.vision_images += len(batch) if vision and "pixel_values" in batch.inputs else 0
+        counter.stopped += int(stopped)
+        counter.layers_skipped += skipped
+
+
+# --- forwards that stop early ----------------------------------------------------------------------
+def read_and_stop(vlm: VLM, batch: Batch, reads: Sequence[Read], *, remote: bool | str = False) -> list[Tensor]:
+    """The ``reads`` of one unedited forward over ``batch``, halted right after the last of them.
+
+    Nothing past the last read's module runs: reads at ``lm_resid(0)`` cost the vision tower and the
+    embedding, no decoder layer and no unembedding. The values are those :func:`run` returns for the
+    same reads (it is the same forward up to that point).
+
+    Example:
+        >>> import spatial_interp as si
+        >>> from PIL import Image
+        >>> from spatial_interp.interventions.engine import Read, read_and_stop, run
+        >>> vlm = si.load("tiny-gemma3")
+        >>> batch = vlm.prepare([Image.new("RGB", (896, 896), "red")], ["The color is "])
+        >>> layout = batch.layouts[0]
+        >>> read = Read(si.site.lm_resid(0), torch.zeros(layout.grid.n_cells, dtype=torch.long),
+        ...             layout.indices(None, si.site.lm_resid(0)))
+        >>> bool(torch.equal(read_and_stop(vlm, batch, [read])[0], run(vlm, batch, reads=[read]).reads[0]))
+        True
+    """
+    if not reads:
+        raise ValueError("read_and_stop() needs at least one Read (it returns nothing else)")
+    if not (isinstance(remote, bool) or remote == "local"):
+        raise ValueError(f"remote must be False (local), True (NDIF) or 'local' (serialisation round trip), "
+                         f"got {remote!r}")
+    if remote is True:
+        from ..models.remote import check_remote
+
+        check_remote(vlm)
+    plan, read_slices = _build_plan(vlm, [], reads)
+    _note_forward(batch, vision=True, skipped=0, stopped=True)
+    if remote is False:
+        gathered = _traced_reads(vlm.envoy, dict(batch.inputs), remote, plan)
+    else:
+        from ..models.remote import remote_timeout, within_time
+
+        gathered = within_time(_traced_reads, (vlm.envoy, dict(batch.inputs), remote, plan), remote_timeout())
+    # nnsight's stop leaves a young reference cycle (exception -> traceback -> frame) that pins every
+    # caller frame, with the chunk's images and input tensors, until the cyclic collector runs; a
+    # young-generation pass (milliseconds) frees them now, so memory stays one chunk deep.
+    gc.collect(1)
+    return [gathered[step][start:stop] for step, start, stop in read_slices]
+
+
+def _traced_reads(envoy, inputs: dict, remote: bool | str, plan: list) -> list:
+    """Trace body of :func:`read_and_stop` (remote-safe like ``_traced_forward``): gather, then stop."""
+    with torch.no_grad(), envoy.trace(**inputs, remote=remote) as tracer:
+        gathered = []
+        for path, from_input, field, flat, _ops, read_rows, read_positions in plan:
+            module = envoy.get(path)
+            value = module.input if from_input else module.output
+            if field is not None:
+                value = getattr(value, field)
+            here = value.device
+            read_positions = read_positions.to(here)
+            index = (torch.unravel_index(read_positions, value.shape[:-1]) if flat
+                     else (read_rows.to(here), read_positions))
+            gathered.append(value[index])
+        nnsight.save(gathered)
+        tracer.stop()
+    return gathered
+
+
+# --- gradients (attribution patching) --------------------------------------------------------------
+@dataclass
+class GradientOutput:
+    """What :func:`run_gradients` returns for one forward-backward."""
+
+    logits: Float[Tensor, "batch vocab"]
+    """Final-position logits of every batch row."""
+    scores: Float[Tensor, " batch"]
+    """The differentiated readout per batch row."""
+    reads: list[Float[Tensor, "n d"]]
+    """Activation rows, one tensor per :class:`Read`, in the order given."""
+    grads: list[Float[Tensor, "n d"]]
+    """``∂ Σ_rows score / ∂ activation`` at the same rows (each row's own score, as rows do not interact)."""
+
+
+def run_gradients(
+    vlm: VLM,
+    batch: Batch,
+    reads: Sequence[Read],
+    transform: str,
+    ids: Int[Tensor, "batch k"],
+    coeffs: Float[Tensor, "batch k"],
+    *,
+    edits: Sequence[Edit] = (),
+    remote: bool | str = False,
+) -> GradientOutput:
+    """One forward and one backward over ``batch``: activations and gradients at ``reads``.
+
+    The score of batch row ``i`` is ``Σ_k coeffs[i, k] · f(logits_i)[ids[i, k]]`` with ``f`` the identity
+    (``transform="logit"``), softmax (``"prob"``) or log-softmax (``"logprob"``) of the final-position
+    logits, or the log-ratio of two probability masses (``"log_odds"``): :func:`~.metrics.readout`,
+    spelled out inside the trace so the body stays remote-safe. The backward is of the sum over rows;
+    items of a batch do not interact, so each row's gradient is its own score's. Weights stay frozen:
+    only the first read activation is made to require a gradient, so the backward computes
+    activation gradients and no weight gradient.
+
+    ``edits`` (``Edit.set`` only) overwrite rows before they are read, e.g. with points on the path from
+    clean to patched activations (integrated gradients): a read at an edited row then returns the
+    written value and the gradient of the score with respect to it. Without edits the forward is the
+    unedited one.
+
+    Example:
+        >>> import torch, spatial_interp as si
+        >>> from PIL import Image
+        >>> from spatial_interp.interventions.engine import Read, run_gradients
+        >>> vlm = si.load("tiny-qwen2-vl")
+        >>> batch = vlm.prepare([Image.new("RGB", (336, 336), "red")], ["The color is "])
+        >>> pos = batch.layouts[0].indices(None, si.site.lm_resid(1))
+        >>> out = run_gradients(vlm, batch, [Read(si.site.lm_resid(1), torch.zeros_like(pos), pos)], "logit",
+        ...                     torch.tensor([[5]]), torch.tensor([[1.0]]))
+        >>> tuple(out.grads[0].shape) == (len(pos), vlm.d_model), bool(out.grads[0].abs().sum() > 0)
+        (True, True)
+    """
+    if not reads:
+        raise ValueError("run_gradients() needs at least one Read (the activations to differentiate)")
+    if transform not in ("logit", "prob", "logprob", "log_odds"):
+        raise ValueError(f"transform must be 'logit', 'prob', 'logprob' or 'log_odds', got {transform!r}")
+    if ids.shape != coeffs.shape or ids.dim() != 2 or ids.shape[0] != len(batch):
+        raise ValueError(f"ids and coeffs must both be (batch={len(batch)}, k); got {tuple(ids.shape)} and "
+                         f"{tuple(coeffs.shape)}")
+    if not (isinstance(remote, bool) or remote == "local"):
+        raise ValueError(f"remote must be False (local), True (NDIF) or 'local' (serialisation round trip), "
+                         f"got {remote!r}")
+    if remote is True:
+        from ..models.remote import check_remote
+
+        check_remote(vlm)
+    bad = [e for e in edits if e.kind != "set"]
+    if bad:
+        raise ValueError(f"run_gradients() applies only Edit.set edits (values to differentiate at), got a "
+                         f"{bad[0].kind!r} edit at {bad[0].site}")
+    read_keys = {forward_key(r.site) for r in reads}
+    unread = [e.site for e in edits if forward_key(e.site) not in read_keys]
+    if unread:
+        raise ValueError(f"run_gradients() edits {unread[0]} without reading it; read every edited site")
+    plan, read_slices = _build_plan(vlm, edits, reads)
+    device = home_device(vlm)
+    args = (vlm.envoy, dict(batch.inputs), remote, plan, transform, ids.to(device),
+            coeffs.to(device=device, dtype=torch.float32))
+    _note_forward(batch, vision=True, skipped=0, stopped=False)
+    if remote is False:
+        values, grads, logits, scores = _traced_gradients(*args)
+    else:
+        from ..models.remote import remote_timeout, within_time
+
+        values, grads, logits, scores = within_time(_traced_gradients, args, remote_timeout())
+    return GradientOutput(logits=logits, scores=scores,
+                          reads=[values[step][start:stop] for step, start, stop in read_slices],
+                          grads=[grads[step][start:stop] for step, start, stop in read_slices])
+
+
+def _traced_gradients(envoy, inputs: dict, remote: bool | str, plan: list, transform: str, ids: Tensor,
+                      coeffs: Tensor) -> tuple[list, list, Tensor, Tensor]:
+    # Trace body of run_gradients (remote-safe like _traced_forward). nnsight finds the `with
+    # total.backward():` block by its line in the file, but a serialised trace (remote) runs reformatted
+    # code without comments and with each statement on one line: so up to that block the body has no
+    # comment and no statement spanning lines, or the lines would not match.
+    # The first read activation is made to require a gradient (weights are frozen, so nothing else
+    # would); latest activation first in the backward block, the order autograd produces gradients.
+    with torch.enable_grad(), envoy.trace(**inputs, remote=remote):
+        tensors, indices, values = [], [], []
+        for path, from_input, field, flat, ops, read_rows, read_positions in plan:
+            module = envoy.get(path)
+            value = module.input if from_input else module.output
+            if field is not None:
+                value = getattr(value, field)
+            for _kind, rows, positions, written, _w, _scaled in ops:
+                positions = positions.to(value.device)
+                edit_rows = None if flat else rows.to(value.device)
+                edit_index = torch.unravel_index(positions, value.shape[:-1]) if flat else (edit_rows, positions)
+                value[edit_index] = written.to(value.device)
+            if not tensors and not value.requires_grad:
+                value.requires_grad_(True)
+            here = value.device
+            read_positions = read_positions.to(here)
+            flat_index = torch.unravel_index(read_positions, value.shape[:-1]) if flat else None
+            index = flat_index if flat else (read_rows.to(here), read_positions)
+            tensors.append(value)
+            indices.append(index)
+            values.append(value[index].detach())
+        logits = envoy.output.logits[:, -1]
+        x = logits.float()
+        here = x.device
+        coeffs = coeffs.to(here)
+        ids = ids.to(here)
+        if transform == "log_odds":
+            chosen = x.log_softmax(-1).gather(1, ids)
+            plus = (chosen + coeffs.clamp(min=0).log()).logsumexp(-1)
+            scores = plus - (chosen + (-coeffs).clamp(min=0).log()).logsumexp(-1)
+        else:
+            if transform == "prob":
+                x = x.softmax(-1)
+            elif transform == "logprob":
+                x = x.log_softmax(-1)
+            scores = (x.gather(1, ids) * coeffs).sum(-1)
+        grads = [None] * len(tensors)
+        total = scores.sum()
+        with total.backward():
+            for k in range(len(tensors) - 1, -1, -1):
+                grads[k] = tensors[k].grad[indices[k]]
+        logits = logits.detach()
+        scores = scores.detach()
+        nnsight.save(values)
+        nnsight.save(grads)
+        nnsight.save(logits)
+        nnsight.save(scores)
+    return values, grads, logits, scores

@@ -19,7 +19,8 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,6 +71,19 @@ class Example:
         return cached
 
     @property
+    def image_key(self) -> str:
+        """Content hash of the image pixels alone: equal keys mean equal vision-tower inputs, whatever
+        the prompt (what prompt-independent reads such as ``lm_resid(0)``'s image rows are keyed by)."""
+        cached = self.__dict__.get("_image_key")
+        if cached is None:
+            digest = hashlib.sha1()
+            digest.update(f"{self.image.mode}|{self.image.size}|".encode())
+            digest.update(self.image.tobytes())
+            cached = digest.hexdigest()[:16]
+            object.__setattr__(self, "_image_key", cached)
+        return cached
+
+    @property
     def name(self) -> str:
         return self.id if self.id is not None else self.key
 
@@ -82,7 +96,9 @@ class PatchPair:
         clean: the run that is intervened on.
         source: where patched activations come from (the paper's counterfactual).
         answers: strings whose probabilities the default metric reports, in order
-            (e.g. ``(c0, c1, c2)`` of §6).
+            (§6: the clean answer, the middle, the cf answer).
+        answer_names: what each answer is (``("clean answer", "middle", "cf answer")``): the names of
+            the metric's outputs; ``answer 0``, ``answer 1``, … when empty.
         id: a stable name used in results.
         meta: anything else (the tuple, the direction), kept for region functions.
     """
@@ -92,6 +108,12 @@ class PatchPair:
     answers: tuple[str, ...] = ()
     id: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    answer_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.answer_names and len(self.answer_names) != len(self.answers):
+            raise ValueError(f"PatchPair {self.id or ''!r}: {len(self.answer_names)} answer_names for "
+                             f"{len(self.answers)} answers; give one name per answer string")
 
     @property
     def name(self) -> str:
@@ -167,6 +189,32 @@ def as_example(obj: Any) -> Example:
                     "tuple, or an object with .image and .prompt")
 
 
+def example_chunks(items: Iterable[Any], size: int | None) -> Iterator[list[Example]]:
+    """``items`` as :func:`as_example` lists of ``size`` (``None``: one list of all), built a chunk at a time.
+
+    A sequence (such as a lazy ``data.items.ItemSet``) is indexed, anything else iterated, so only the
+    chunk in hand is rendered and held: memory stays flat however many items there are.
+
+    >>> from PIL import Image
+    >>> items = [(Image.new("RGB", (8, 8)), f"prompt {i}") for i in range(5)]
+    >>> [len(c) for c in example_chunks(items, 2)]
+    [2, 2, 1]
+    """
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"chunk size must be a positive integer, got {size!r}")
+    if isinstance(items, (Image.Image, str, bytes)) or not isinstance(items, Iterable):
+        raise TypeError(f"items must be a sequence of examples, got a {type(items).__name__}")
+    if isinstance(items, Sequence):
+        n = len(items)
+        step = size or max(n, 1)
+        for start in range(0, n, step):
+            yield [as_example(items[i]) for i in range(start, min(start + step, n))]
+        return
+    iterator = iter(items)
+    while chunk := [as_example(obj) for obj in itertools.islice(iterator, size)]:
+        yield chunk
+
+
 _CLEAN = ("clean",)
 _SOURCE = ("source", "cf", "counterfactual", "corrupt")
 _ANSWERS = ("answers", "prob_strs", "answer_strings")
@@ -191,7 +239,8 @@ def as_pair(obj: Any) -> PatchPair:
     if ident is None and all(hasattr(obj, a) for a in ("kind", "direction", "index")):
         ident = f"{obj.kind}-{obj.direction}-{obj.index:03d}"  # data.pairs.Pair names its items this way
     return PatchPair(as_example(clean), as_example(source), tuple(str(a) for a in answers),
-                     id=None if ident is None else str(ident), meta=meta)
+                     id=None if ident is None else str(ident), meta=meta,
+                     answer_names=tuple(getattr(obj, "answer_names", ()) or ()))
 
 
 def pair_name(obj: Any) -> str:

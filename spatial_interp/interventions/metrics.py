@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 Metric = Callable[[Tensor, Sequence[Any]], Tensor]
@@ -50,32 +50,39 @@ def _answers(owner: Any) -> tuple[str, ...]:
 
 
 def variant_token_ids(tokenizer: Any, word: str) -> list[int]:
-    """Token ids of ``word``, ``Word``, `` word`` and `` Word`` (§5 metric), each a single token.
+    """Token ids of ``word``, ``Word``, `` word`` and `` Word`` (§5 metric), each a single token
+    (one definition: :func:`spatial_interp.data.scoring.variant_token_ids`)."""
+    from ..data.scoring import variant_token_ids as data_variants
 
-    Uses ``spatial_interp.data.scoring.variant_token_ids`` when that module is available, so the
-    scoring code has one definition.
+    return [int(i) for i in data_variants(tokenizer, word)]
+
+
+def distinct_variant_mask(ids: Int[Tensor, "... 4"]) -> Bool[Tensor, "... 4"]:
+    """True at the first occurrence of each id along the last axis.
+
+    A word-level tokenizer maps several spellings to one id (``red`` and `` red`` are the same token);
+    counting it once per spelling would sum the same probability twice and let the "probability" of
+    one answer exceed 1.
     """
-    try:
-        from ..data.scoring import variant_token_ids as data_variants
-    except ImportError:
-        data_variants = None
-    if data_variants is not None:
-        return [int(i) for i in data_variants(tokenizer, word)]
-    lower = word.lower()
-    ids = []
-    for variant in (lower, lower.capitalize(), " " + lower, " " + lower.capitalize()):
-        tokens = tokenizer.encode(variant, add_special_tokens=False)
-        if len(tokens) != 1:
-            raise MetricError(f"{variant!r} is {len(tokens)} tokens for this tokenizer; the answer-probability "
-                              "metric needs every spelling variant to be a single token")
-        ids.append(int(tokens[0]))
-    return ids
+    earlier = (ids[..., :, None] == ids[..., None, :]).tril(-1).any(-1)
+    return ~earlier
+
+
+def answer_roles(owners: Sequence[Any], width: int) -> list[str]:
+    """Names of the ``width`` answer strings: the pairs' ``answer_names`` (``clean answer``, ``cf answer``, …)
+    when they carry them, else ``answer 0``, ``answer 1``, … in the order of ``answers``."""
+    names = tuple(getattr(owners[0], "answer_names", ()) or ())
+    if len(names) == width and all(tuple(getattr(o, "answer_names", ()) or ()) == names for o in owners):
+        return list(names)
+    return [f"answer {i}" for i in range(width)]
 
 
 class answer_probs:  # noqa: N801 - used like a function: metric=answer_probs(tok)
-    """Summed softmax probability of each answer string's 4 spelling variants (the paper's metric).
+    """Probability of each answer string: the softmax mass of its spelling variants (``word``, ``Word``,
+    `` word``, `` Word``), each distinct token id counted once, so each value lies in [0, 1].
 
-    Output ``(n, n_answers)`` named ``c0, c1, …`` (§5/§6 labels: clean answer first).
+    Output ``(n, n_answers)``, named by the pairs' answer roles (``clean answer``, ``middle``,
+    ``cf answer``, … for :mod:`spatial_interp.data.pairs`), else ``answer 0``, ``answer 1``, ….
     """
 
     def __init__(self, tokenizer: Any) -> None:
@@ -89,7 +96,7 @@ class answer_probs:  # noqa: N801 - used like a function: metric=answer_probs(to
         return torch.tensor([self._cache[w] for w in words], dtype=torch.long)
 
     def names(self, owners: Sequence[Any]) -> list[str]:
-        return [f"c{i}" for i in range(len(_answers(owners[0])))]
+        return answer_roles(owners, len(_answers(owners[0])))
 
     def __call__(self, logits: Float[Tensor, "n vocab"], owners: Sequence[Any]) -> Float[Tensor, "n k"]:
         words = [_answers(o) for o in owners]
@@ -97,8 +104,8 @@ class answer_probs:  # noqa: N801 - used like a function: metric=answer_probs(to
             raise MetricError("every item must have the same number of answer strings for answer_probs")
         ids = torch.stack([self.token_ids(w) for w in words]).to(logits.device)  # (n, k, 4)
         probs = logits.float().softmax(-1)
-        # Duplicate variant ids are summed twice, as in the authors' metric.
-        return probs.gather(1, ids.flatten(1)).view(ids.shape).sum(-1)
+        mass = probs.gather(1, ids.flatten(1)).view(ids.shape)
+        return (mass * distinct_variant_mask(ids)).sum(-1)
 
 
 class top1:  # noqa: N801
@@ -216,3 +223,199 @@ class raw_logits:  # noqa: N801
 
     def __call__(self, logits: Tensor, owners: Sequence[Any]) -> Tensor:
         return logits
+
+
+# --- differentiable scalar metrics (attribution patching) -------------------------------------------
+Transform = Literal["logit", "prob", "logprob", "log_odds"]
+"""What a :class:`TokenReadout` weighs: ``"logit"``, ``"prob"`` (softmax), ``"logprob"`` (log-softmax), or
+``"log_odds"``: ``log Σ_{c>0} c·p − log Σ_{c<0} |c|·p`` (the log-ratio of two probability masses)."""
+TRANSFORMS = ("logit", "prob", "logprob", "log_odds")
+
+
+def readout(logits: Float[Tensor, "n vocab"], transform: Transform, ids: Tensor,
+            coeffs: Tensor) -> Float[Tensor, " n"]:
+    """``Σ_k coeffs[i, k] · f(logits)[i, ids[i, k]]`` per row, with ``f`` the identity, softmax or log-softmax;
+    for ``"log_odds"`` the log of the positively weighted probability mass minus the log of the negative one.
+
+    The one definition of a :class:`TokenReadout`'s value: attribution evaluates the same formula inside
+    its trace (where it is differentiated), and ``patch``/``sweep`` call it through the metric, so
+    estimated and exact effects are of one number.
+    """
+    if transform not in TRANSFORMS:
+        raise MetricError(f"unknown readout transform {transform!r}; use one of {TRANSFORMS}")
+    x = logits.float()
+    coeffs = coeffs.to(device=x.device, dtype=x.dtype)
+    if transform == "log_odds":
+        # log(0) = -inf drops the other side's ids; logsumexp keeps the log-mass exact in the tails.
+        chosen = x.log_softmax(-1).gather(1, ids.to(x.device))
+        return ((chosen + coeffs.clamp(min=0).log()).logsumexp(-1)
+                - (chosen + (-coeffs).clamp(min=0).log()).logsumexp(-1))
+    if transform == "prob":
+        x = x.softmax(-1)
+    elif transform == "logprob":
+        x = x.log_softmax(-1)
+    return (x.gather(1, ids.to(x.device)) * coeffs).sum(-1)
+
+
+class TokenReadout:
+    """A differentiable scalar metric: a weighted sum of final-position logits, probabilities or log-probs.
+
+    Subclasses give :meth:`weights` (token ids and coefficients per item) and a name; the value is
+    :func:`readout`. Any ``TokenReadout`` is also an ordinary metric (``(n, 1)`` output, one name), so the
+    same object drives ``si.attribute`` (which differentiates it) and ``si.patch``/``si.sweep``.
+    """
+
+    transform: Transform = "prob"
+
+    def weights(self, owners: Sequence[Any]) -> tuple[Tensor, Tensor]:
+        """``(ids, coeffs)``: LongTensor and float tensor of shape ``(n, k)``, one row per owner."""
+        raise NotImplementedError
+
+    def name(self, owners: Sequence[Any]) -> str:
+        raise NotImplementedError
+
+    def names(self, owners: Sequence[Any]) -> list[str]:
+        return [self.name(owners)]
+
+    def __call__(self, logits: Float[Tensor, "n vocab"], owners: Sequence[Any]) -> Float[Tensor, "n 1"]:
+        ids, coeffs = self.weights(owners)
+        return readout(logits, self.transform, ids, coeffs)[:, None]
+
+
+def _answer_index(which: int, owners: Sequence[Any]) -> int:
+    """``which`` as a non-negative index into every owner's answers (a clear error when out of range)."""
+    counts = {len(_answers(o)) for o in owners}
+    if len(counts) != 1:
+        raise MetricError("every item must have the same number of answer strings")
+    n = counts.pop()
+    if not -n <= which < n:
+        raise MetricError(f"answer index {which} is out of range for items with {n} answer strings")
+    return which % n
+
+
+class _AnswerReadout(TokenReadout):
+    def __init__(self, tokenizer: Any) -> None:
+        self.probs = answer_probs(tokenizer)
+
+    def _role(self, owners: Sequence[Any], which: int) -> str:
+        return answer_roles(owners, len(_answers(owners[0])))[_answer_index(which, owners)]
+
+    def _variant_ids(self, owners: Sequence[Any], which: int) -> Tensor:
+        """(n, 4) token ids of the 4 spelling variants of each owner's answer ``which``."""
+        k = _answer_index(which, owners)
+        return self.probs.token_ids([_answers(o)[k] for o in owners])
+
+    def _distinct(self, a: int, b: int, owners: Sequence[Any]) -> tuple[int, int]:
+        first, second = _answer_index(a, owners), _answer_index(b, owners)
+        if first == second:
+            raise MetricError(f"{type(self).__name__} needs two different answers, got answer {first} twice")
+        return first, second
+
+
+class answer_prob(_AnswerReadout):  # noqa: N801 - used like a function
+    """``P(answer which)``: the probability mass of answer ``which``'s spelling variants, each distinct
+    token id once (as :class:`answer_probs`); default the last answer (the cf answer of §6 pairs).
+
+    >>> import spatial_interp as si
+    >>> from spatial_interp.interventions import Example, PatchPair
+    >>> from PIL import Image
+    >>> vlm = si.load("tiny-qwen2-vl")
+    >>> pair = PatchPair(Example(Image.new("RGB", (8, 8)), "x"), Example(Image.new("RGB", (8, 8)), "x"),
+    ...                  answers=("red", "blue"), answer_names=("clean answer", "cf answer"))
+    >>> answer_prob(vlm.tokenizer).names([pair])
+    ['P(cf answer)']
+    """
+
+    def __init__(self, tokenizer: Any, which: int = -1) -> None:
+        super().__init__(tokenizer)
+        self.which = which
+
+    def name(self, owners: Sequence[Any]) -> str:
+        return f"P({self._role(owners, self.which)})"
+
+    def weights(self, owners: Sequence[Any]) -> tuple[Tensor, Tensor]:
+        ids = self._variant_ids(owners, self.which)
+        return ids, distinct_variant_mask(ids).float()
+
+
+class prob_diff(_AnswerReadout):  # noqa: N801
+    """``P(answer plus) − P(answer minus)`` (each as :class:`answer_prob`); default the last answer minus
+    the first, i.e. ``P(cf answer) − P(clean answer)`` for §6 pairs.
+
+    >>> import spatial_interp as si
+    >>> from spatial_interp.interventions import Example, PatchPair
+    >>> from PIL import Image
+    >>> vlm = si.load("tiny-qwen2-vl")
+    >>> pair = PatchPair(Example(Image.new("RGB", (8, 8)), "x"), Example(Image.new("RGB", (8, 8)), "x"),
+    ...                  answers=("red", "blue"), answer_names=("clean answer", "cf answer"))
+    >>> prob_diff(vlm.tokenizer).names([pair])
+    ['P(cf answer)-P(clean answer)']
+    """
+
+    def __init__(self, tokenizer: Any, plus: int = -1, minus: int = 0) -> None:
+        super().__init__(tokenizer)
+        self.plus, self.minus = plus, minus
+
+    def name(self, owners: Sequence[Any]) -> str:
+        self._distinct(self.plus, self.minus, owners)
+        return f"P({self._role(owners, self.plus)})-P({self._role(owners, self.minus)})"
+
+    def weights(self, owners: Sequence[Any]) -> tuple[Tensor, Tensor]:
+        self._distinct(self.plus, self.minus, owners)
+        plus, minus = self._variant_ids(owners, self.plus), self._variant_ids(owners, self.minus)
+        coeffs = torch.cat([distinct_variant_mask(plus).float(), -distinct_variant_mask(minus).float()], dim=1)
+        return torch.cat([plus, minus], dim=1), coeffs
+
+
+class answer_logit_diff(_AnswerReadout):  # noqa: N801
+    """``logit(answer plus) − logit(answer minus)`` with each answer's first (lowercase) variant, as
+    :class:`logit_diff`; default the last answer minus the first. Linear in the logits, so attribution
+    through the unembedding is exact.
+
+    >>> import spatial_interp as si
+    >>> from spatial_interp.interventions import Example, PatchPair
+    >>> from PIL import Image
+    >>> vlm = si.load("tiny-qwen2-vl")
+    >>> pair = PatchPair(Example(Image.new("RGB", (8, 8)), "x"), Example(Image.new("RGB", (8, 8)), "x"),
+    ...                  answers=("red", "blue"))
+    >>> answer_logit_diff(vlm.tokenizer).names([pair])
+    ['logit(answer 1)-logit(answer 0)']
+    """
+
+    transform = "logit"
+
+    def __init__(self, tokenizer: Any, plus: int = -1, minus: int = 0) -> None:
+        super().__init__(tokenizer)
+        self.plus, self.minus = plus, minus
+
+    def name(self, owners: Sequence[Any]) -> str:
+        self._distinct(self.plus, self.minus, owners)
+        return f"logit({self._role(owners, self.plus)})-logit({self._role(owners, self.minus)})"
+
+    def weights(self, owners: Sequence[Any]) -> tuple[Tensor, Tensor]:
+        self._distinct(self.plus, self.minus, owners)
+        ids = torch.cat([self._variant_ids(owners, self.plus)[:, :1], self._variant_ids(owners, self.minus)[:, :1]],
+                        dim=1)
+        return ids, torch.tensor([[1.0, -1.0]]).expand(ids.shape[0], 2).clone()
+
+
+class answer_log_odds(prob_diff):  # noqa: N801
+    """``log P(answer plus) − log P(answer minus)`` (each probability as :class:`answer_prob`); default the
+    last answer against the first. Unlike :class:`prob_diff` it does not flatten out where one answer
+    already has all the probability, so a linear estimate of it saturates less.
+
+    >>> import spatial_interp as si
+    >>> from spatial_interp.interventions import Example, PatchPair
+    >>> from PIL import Image
+    >>> vlm = si.load("tiny-qwen2-vl")
+    >>> pair = PatchPair(Example(Image.new("RGB", (8, 8)), "x"), Example(Image.new("RGB", (8, 8)), "x"),
+    ...                  answers=("red", "blue"), answer_names=("clean answer", "cf answer"))
+    >>> answer_log_odds(vlm.tokenizer).names([pair])
+    ['logP(cf answer)-logP(clean answer)']
+    """
+
+    transform = "log_odds"
+
+    def name(self, owners: Sequence[Any]) -> str:
+        self._distinct(self.plus, self.minus, owners)
+        return f"logP({self._role(owners, self.plus)})-logP({self._role(owners, self.minus)})"

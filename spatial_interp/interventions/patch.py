@@ -24,10 +24,10 @@ Example:
     >>> vlm = si.load("tiny-qwen2-vl")
     >>> pair = PatchPair(Example(Image.new("RGB", (336, 336), "red"), "The color of the square is "),
     ...                  Example(Image.new("RGB", (336, 336), "blue"), "The color of the square is "),
-    ...                  answers=("red", "blue"))
+    ...                  answers=("red", "blue"), answer_names=("clean answer", "cf answer"))
     >>> result = patch(vlm, [pair], si.site.lm_resid(1), Region.columns(Grid(12, 12), 0, 4))
     >>> result.axes, result.coords["metric"]
-    (('pair', 'metric'), ['c0', 'c1'])
+    (('pair', 'metric'), ['clean answer', 'cf answer'])
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ dtype). The default site is ``lm_resid(0)`` at all image positions — the decod
 paper edits. Each call is one prefill forward scoring the next token, so generated tokens are never
 steered. Several α share a forward (the item batch is stacked once per α).
 
+Forwards per chunk of ``batch_size`` items: one unsteered forward (the baseline, and α = 0, which
+*is* the unsteered run), then the α ≠ 0 rows ``batch_size`` per forward, without the vision tower
+(its embeddings come from the baseline forward). :func:`amplification` steers the probe's and the
+random directions from one shared baseline. Items are read and converted a chunk at a time.
+
 Example:
     >>> import torch, spatial_interp as si
     >>> from PIL import Image
@@ -32,7 +37,7 @@ from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..results import LabelledArray, provenance
 from ..site import Site, lm_resid, resolve
 from .engine import Edit, check_finite, repeat_batch, run, vision_feature_reads
-from .examples import Example, RegionSpec, as_example, resolve_region
+from .examples import Example, RegionSpec, example_chunks, resolve_region
 from .metrics import Metric, default_metric, evaluate, raw_logits, top1
 from .patch import check_batch_size
 
@@ -100,58 +105,98 @@ def steer_logits(
     system: Any = DEFAULT_SYSTEM,
     remote: bool | str = False,
     progress: bool = False,
-) -> tuple[Tensor, Tensor, list[str]]:
+) -> tuple[Float[Tensor, "alpha item m"], Float[Tensor, "item m"], list[str]]:
     """``(values (alpha, item, m), unsteered (item, m), metric names)``; see :func:`steer`."""
-    examples = [as_example(i) for i in items]
-    if not examples:
-        raise ValueError("steer() needs at least one item")
+    runs, baseline, names, _ = steer_runs(vlm, items, [directions], alphas, site=site, region=region, metric=metric,
+                                          batch_size=batch_size, system=system, remote=remote, progress=progress)
+    return runs[0], baseline, names
+
+
+def steer_runs(
+    vlm: VLM,
+    items: Sequence[Any],
+    direction_sets: Sequence[Directions],
+    alphas: Sequence[float],
+    *,
+    site: Site = LM_INPUT,
+    region: RegionSpec = "image",
+    metric: Metric | None = None,
+    batch_size: int = 16,
+    system: Any = DEFAULT_SYSTEM,
+    remote: bool | str = False,
+    progress: bool = False,
+) -> tuple[list[Float[Tensor, "alpha item m"]], Float[Tensor, "item m"], list[str], list[str]]:
+    """Steer ``items`` along each of ``direction_sets`` from one shared unsteered forward per chunk.
+
+    Returns ``(values per direction set (alpha, item, m), unsteered (item, m), metric names, item names)``.
+    α = 0 takes the unsteered values (no edit at all, whatever the directions).
+
+    >>> import spatial_interp as si
+    >>> from PIL import Image
+    >>> from spatial_interp.interventions.engine import count_forwards
+    >>> vlm = si.load("tiny-qwen2-vl")
+    >>> items = [(Image.new("RGB", (336, 336), c), "The color is ") for c in ("red", "blue")]
+    >>> w = [random_directions(vlm.d_model, 2, seed=s) for s in (0, 1)]
+    >>> with count_forwards() as seen:
+    ...     runs, base, _, _ = steer_runs(vlm, items, w, [0, 1, 2], batch_size=2)
+    >>> seen.forwards, len(runs), tuple(runs[0].shape[:2])   # 1 unsteered + 2 sets × 2 α ≠ 0
+    (5, 2, (3, 2))
+    """
     alphas = check_alphas(alphas)
     check_batch_size(batch_size)
+    if not direction_sets:
+        raise ValueError("steer_runs() needs at least one set of directions")
     site = resolve(site)
     vlm.check_site(site)
     metric = metric if metric is not None else raw_logits()
-    per_forward_items = min(batch_size, len(examples))
-    outputs, baselines, names = [], [], None
-    chunks = range(0, len(examples), per_forward_items)
+    n_items = len(items) if isinstance(items, Sequence) else None
+    per_forward_items = min(batch_size, n_items) if n_items else batch_size
+    steered = [a for a in alphas if a != 0]
     alphas_per_forward = max(1, batch_size // per_forward_items)
-    forwards = len(chunks) * -(-len(alphas) // alphas_per_forward)
-    with tqdm(total=forwards, desc="steer", unit="fwd", disable=not progress, dynamic_ncols=True) as bar:
-        for start in chunks:
-            chunk = examples[start:start + per_forward_items]
+    outputs: list[list[Tensor]] = [[] for _ in direction_sets]
+    baselines, names, item_names = [], None, []
+    total = None if n_items is None else (-(-n_items // per_forward_items)
+                                          * (1 + len(direction_sets) * -(-len(steered) // alphas_per_forward)))
+    with tqdm(total=total, desc="steer", unit="fwd", disable=not progress, dynamic_ncols=True) as bar:
+        for chunk in example_chunks(items, per_forward_items):
             batch = vlm.prepare([e.image for e in chunk], [e.prompt for e in chunk], system=system)
             targets = [layout.indices(resolve_region(region, ex, layout), site) if not site.only_last_token
                        else layout.indices(None, site) for ex, layout in zip(chunk, batch.layouts, strict=True)]
-            weights = [_directions_for(directions, ex, vlm.d_model) for ex in chunk]
-            # One unsteered forward gives the baseline and, for LM sites, the vision embeddings that
-            # the steered forwards reuse instead of re-running the vision tower per α.
+            weights = [[_directions_for(d, ex, vlm.d_model) for ex in chunk] for d in direction_sets]
+            # One unsteered forward gives the baseline (= α 0) and, for LM sites, the vision embeddings
+            # that the steered forwards reuse instead of re-running the vision tower per α.
             reads = [] if site.is_vision else vision_feature_reads(batch.layouts)
             base = run(vlm, batch, reads=reads, remote=remote)
             values, names = evaluate(metric, base.logits, chunk)
             baselines.append(values)
+            item_names += [e.name for e in chunk]
+            bar.update(1)
             features = None if site.is_vision else base.reads[0]
-            per_alpha: list[Tensor] = []
-            for a0 in range(0, len(alphas), alphas_per_forward):
-                group = alphas[a0:a0 + alphas_per_forward]
-                stacked = repeat_batch(vlm, batch, len(group))
-                edits = []
-                for r, alpha in enumerate(group):
-                    if alpha == 0:
-                        continue  # α = 0 is the unsteered forward: no edit at all, whatever the directions
-                    for j in range(len(chunk)):
-                        layout = stacked.layouts[r * len(chunk) + j]
-                        positions = targets[j]
-                        rows = None if site.is_vision else torch.full_like(positions, layout.batch_index)
-                        if site.is_vision:
-                            positions = layout.indices(resolve_region(region, chunk[j], layout), site)
-                        edits.append(Edit.steer(site, rows, positions, weights[j],
-                                                torch.full((positions.numel(),), alpha)))
-                fed = None if features is None else torch.cat([features] * len(group))
-                out = run(vlm, stacked, edits, vision_features=fed, remote=remote)
-                for r in range(len(group)):
-                    per_alpha.append(evaluate(metric, out.logits[r * len(chunk):(r + 1) * len(chunk)], chunk)[0])
-                bar.update(1)
-            outputs.append(torch.stack(per_alpha))
-    return torch.cat(outputs, dim=1), torch.cat(baselines), names
+            for set_index, set_weights in enumerate(weights):
+                by_alpha: dict[float, Tensor] = {}
+                for a0 in range(0, len(steered), alphas_per_forward):
+                    group = steered[a0:a0 + alphas_per_forward]
+                    stacked = repeat_batch(vlm, batch, len(group))
+                    edits = []
+                    for r, alpha in enumerate(group):
+                        for j in range(len(chunk)):
+                            layout = stacked.layouts[r * len(chunk) + j]
+                            positions = targets[j]
+                            rows = None if site.is_vision else torch.full_like(positions, layout.batch_index)
+                            if site.is_vision:
+                                positions = layout.indices(resolve_region(region, chunk[j], layout), site)
+                            edits.append(Edit.steer(site, rows, positions, set_weights[j],
+                                                    torch.full((positions.numel(),), alpha)))
+                    fed = None if features is None else torch.cat([features] * len(group))
+                    out = run(vlm, stacked, edits, vision_features=fed, remote=remote)
+                    for r, alpha in enumerate(group):
+                        by_alpha[alpha] = evaluate(metric, out.logits[r * len(chunk):(r + 1) * len(chunk)], chunk)[0]
+                    bar.update(1)
+                outputs[set_index].append(torch.stack([values if a == 0 else by_alpha[a] for a in alphas]))
+            del chunk, batch, base, features  # flat memory: nothing of this chunk outlives it
+    if not baselines:
+        raise ValueError("steer() needs at least one item")
+    return [torch.cat(o, dim=1) for o in outputs], torch.cat(baselines), names, item_names
 
 
 def steer(
@@ -184,12 +229,25 @@ def steer(
     alphas = check_alphas(alphas)
     check_batch_size(batch_size)
     site = resolve(site)
-    examples = [as_example(i) for i in items]
     if metric is None:
-        metric = top1(vlm.tokenizer) if examples and examples[0].answer is not None else default_metric(vlm, examples)
-    values, baseline, names = steer_logits(vlm, examples, directions, alphas, site=site, region=region, metric=metric,
-                                           batch_size=batch_size, system=system, remote=remote, progress=progress)
-    coords = {"alpha": [float(a) for a in alphas], "item": [e.name for e in examples], "metric": names}
+        metric = _default_metric(vlm, items)
+    runs, baseline, names, item_names = steer_runs(vlm, items, [directions], alphas, site=site, region=region,
+                                                   metric=metric, batch_size=batch_size, system=system,
+                                                   remote=remote, progress=progress)
+    return _steer_result(vlm, runs[0], baseline, names, item_names, alphas, site, batch_size)
+
+
+def _default_metric(vlm: VLM, items: Sequence[Any]) -> Metric:
+    """Top-1 when the first item has an answer, else :func:`~.metrics.default_metric` (converts one item only)."""
+    first = next(iter(example_chunks(items, 1)), None)
+    if first is None:
+        raise ValueError("steer() needs at least one item")
+    return top1(vlm.tokenizer) if first[0].answer is not None else default_metric(vlm, first)
+
+
+def _steer_result(vlm: VLM, values: Tensor, baseline: Tensor, names: list[str], item_names: list[str],
+                  alphas: list[float], site: Site, batch_size: int) -> LabelledArray:
+    coords = {"alpha": [float(a) for a in alphas], "item": item_names, "metric": names}
     config = {"primitive": "steer", "site": str(site), "alphas": coords["alpha"], "batch_size": batch_size}
     result = LabelledArray(values.numpy(), ("alpha", "item", "metric"), coords, attrs={"site": str(site)},
                            provenance=provenance(vlm, config=config))
@@ -284,22 +342,25 @@ def amplification(
     ``random`` defaults to :func:`random_directions` with as many unit Gaussian directions as the
     probe has, drawn from ``seed`` (the paper's control draws them unseeded; here they are
     reproducible). Items need answers (top-1 scoring). Returns ``(summary, probe_run, random_run)``.
+    Both runs share one unsteered forward per chunk (their ``extras["baseline"]`` is the same run).
     """
     alphas = check_alphas(alphas)
     check_batch_size(batch_size)
-    examples = [as_example(i) for i in items]
-    if not examples or examples[0].answer is None:
+    first = next(iter(example_chunks(items, 1)), None)
+    if first is None or first[0].answer is None:
         raise ValueError("amplification() scores top-1 answers: give items with an answer")
-    # Both direction sets are checked (shape, finiteness) before the probe run does any work.
-    k = _directions_for(directions, examples[0], vlm.d_model).shape[0]
+    # Both direction sets are checked (shape, finiteness) before any forward.
+    k = _directions_for(directions, first[0], vlm.d_model).shape[0]
     if random is None:
         random = random_directions(vlm.d_model, k, seed=seed)
     else:
-        _directions_for(random, examples[0], vlm.d_model)
-    options = dict(alphas=alphas, site=site, region=region, batch_size=batch_size, system=system,
-                   remote=remote, progress=progress)
-    probe_run = steer(vlm, examples, directions, **options)
-    random_run = steer(vlm, examples, random, **options)
+        _directions_for(random, first[0], vlm.d_model)
+    site = resolve(site)
+    runs, baseline, names, item_names = steer_runs(
+        vlm, items, [directions, random], alphas, site=site, region=region, metric=top1(vlm.tokenizer),
+        batch_size=batch_size, system=system, remote=remote, progress=progress)
+    probe_run, random_run = (_steer_result(vlm, values, baseline, names, item_names, alphas, site, batch_size)
+                             for values in runs)
     summary = amplification_summary(probe_run, random_run, groups)
     summary["seed"] = seed
     return summary, probe_run, random_run

@@ -55,9 +55,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..models.vlm import DEFAULT_SYSTEM, VLM
+from ..progress import progress_bar
 from ..results import LabelledArray, folder_lock, provenance, remove_stale_temps, write_json, write_npz
 from ..site import Site, resolve_all
 from .ablate import Ablation
@@ -211,7 +211,7 @@ def sweep(
     groups_of = [group_forwards(interventions, per_forward, split_sites=split)] * len(chunks)
     total = sum(len(groups) + 1 for groups in groups_of)
     with store if store is not None else contextlib.nullcontext():
-        bar = tqdm(total=total, desc="sweep", unit="fwd", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=total, desc="sweep", unit="fwd", disable=not progress)
         try:
             for c, chunk in enumerate(chunks):
                 groups = groups_of[c]

@@ -86,7 +86,13 @@ def load(
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
         seed: initialisation seed of tiny models (same seed, same weights).
         revision: hub revision of a real checkpoint.
-        model_kwargs: passed to ``from_pretrained`` (e.g. ``attn_implementation``, ``device_map``).
+        model_kwargs: passed to ``from_pretrained`` (e.g. ``attn_implementation``). With
+            ``device_map="auto"`` (and optionally ``max_memory={0: "70GiB", "cpu": "100GiB"}``) the
+            checkpoint is dispatched by ``accelerate`` straight from disk in ``dtype``, across the GPUs
+            (and CPU) it fits on; it is then left where it was placed (no ``.to()``), and ``device`` must
+            stay at its default.
+
+    Weights of a checkpoint load in ``dtype`` directly (no float32 copy first).
     """
     if isinstance(name, os.PathLike):
         name = os.fspath(name)  # a local checkpoint folder given as a Path
@@ -98,6 +104,15 @@ def load(
         raise UnknownModelError("si.load() got an empty model name: pass a hub id, a local checkpoint folder, or one "
                                 f"of {', '.join(tiny_names() + organism_names())}")
     torch_dtype = resolve_dtype(dtype)
+    meta = str(device) == "meta"
+    dispatched = model_kwargs.get("device_map") is not None and not meta
+    if meta:
+        model_kwargs = {k: v for k, v in model_kwargs.items() if k not in ("device_map", "max_memory")}
+    if dispatched:
+        _check_dispatch(name, device, model_kwargs)
+    elif "max_memory" in model_kwargs:
+        raise ValueError("max_memory= only applies with device_map= (e.g. device_map='auto', "
+                         "max_memory={0: '70GiB', 'cpu': '100GiB'})")
     if name.startswith(TINY_PREFIX):
         vlm = _load_tiny(name, seed)
     elif name.startswith(ORGANISM_PREFIX):
@@ -108,10 +123,33 @@ def load(
                                meta=str(device) == "meta", **model_kwargs)
         vlm.info.extra["organism"] = organism_record(folder)
     else:
+        from .hub import cache_only
+
+        if cache_only(name):
+            log.warning("the Hugging Face hub is offline or unreachable: loading %s from the local cache only", name)
+            model_kwargs = {**model_kwargs, "local_files_only": True}
         vlm = _load_pretrained(name, torch_dtype, revision, source="hub", name=name,
                                meta=str(device) == "meta", **model_kwargs)
-    vlm.model.to(device=device, dtype=torch_dtype)
+    if not dispatched:
+        # A dispatched model already sits where accelerate put it, in torch_dtype; moving it would
+        # break its hooks (and for a model larger than one device, cannot work).
+        vlm.model.to(device=device, dtype=torch_dtype)
     return vlm
+
+
+def _check_dispatch(name: str, device: Any, model_kwargs: dict[str, Any]) -> None:
+    """Refuse ``device_map=`` where it cannot work, before anything is loaded."""
+    import importlib.util
+
+    if name.startswith(TINY_PREFIX):
+        raise ValueError(f"{name} is built in memory, not loaded from a checkpoint: device_map= does not apply; "
+                         "use device= (e.g. device='cuda')")
+    if str(device) != "cpu":
+        raise ValueError(f"give device={str(device)!r} or device_map={model_kwargs['device_map']!r}, not both: "
+                         "device_map places the weights itself")
+    if importlib.util.find_spec("accelerate") is None:
+        raise ValueError("device_map= needs the accelerate package (pip install accelerate, or the package's "
+                         "[gpu] extra); without it load onto one device with device='cuda'")
 
 
 def _load_tiny(name: str, seed: int) -> VLM:
@@ -134,12 +172,20 @@ def _load_pretrained(path: str, dtype: torch.dtype, revision: str | None, *, sou
                      meta: bool = False, **model_kwargs: Any) -> VLM:
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    local_only = bool(model_kwargs.get("local_files_only"))
     try:
-        config = AutoConfig.from_pretrained(path, revision=revision)
+        config = AutoConfig.from_pretrained(path, revision=revision, local_files_only=local_only)
     except OSError as error:
+        if local_only:
+            raise UnknownModelError(
+                f"cannot load {name!r}: it is not a local checkpoint folder, the Hugging Face hub is offline or "
+                "unreachable, and it is not in the local hub cache; download it where there is a network "
+                "(huggingface-cli download), pass its folder, or use one of "
+                f"{', '.join(tiny_names() + organism_names())}") from None
         raise UnknownModelError(
-            f"cannot load {name!r}: not a local checkpoint folder and not reachable on the Hugging Face hub "
-            f"({error}). Offline, use one of {', '.join(tiny_names() + organism_names())}"
+            f"cannot load {name!r}: not a local checkpoint folder and not found on the Hugging Face hub "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); offline, use one of "
+            f"{', '.join(tiny_names() + organism_names())}"
         ) from error
     adapter = adapter_for_config(config)
     if meta:
@@ -149,7 +195,7 @@ def _load_pretrained(path: str, dtype: torch.dtype, revision: str | None, *, sou
     else:
         log.info("loading %s (%s) as %s", name, adapter.arch, dtype)
         model = AutoModelForImageTextToText.from_pretrained(path, revision=revision, dtype=dtype, **model_kwargs)
-    processor = AutoProcessor.from_pretrained(path, revision=revision)
+    processor = AutoProcessor.from_pretrained(path, revision=revision, local_files_only=local_only)
     model.requires_grad_(False)
     return VLM(model, processor, adapter, ModelInfo(name=name, revision=revision, source=source))
 

@@ -15,7 +15,7 @@ from ..results import atomic_write
 
 @dataclass
 class Section:
-    """A heading, a paragraph or a small table (rows of cells), and any number of figures."""
+    """A heading, text (paragraphs separated by a blank line), a small table (rows of cells), and figures."""
 
     title: str
     text: str = ""
@@ -35,14 +35,14 @@ def _table(rows: list[list[str]]) -> str:
 def write_report(sections: Sequence[Section], path: str | os.PathLike, *, title: str = "spatial_interp report") -> Path:
     """Write ``sections`` to one HTML file with plotly.js embedded once (opens offline)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "<style>body{font-family:system-ui,sans-serif;max-width:860px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     first = True
     for section in sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
-        if section.text:
-            parts.append(f"<p>{html.escape(section.text)}</p>")
+        for paragraph in section.text.split("\n\n") if section.text else ():
+            parts.append(f"<p>{html.escape(paragraph)}</p>")
         if section.table:
             parts.append(_table(section.table))
         for fig in section.figures:

@@ -106,6 +106,40 @@ def test_unreachable_checkpoint_says_what_to_use_offline(tmp_path):
         si.load(str(tmp_path / "no-such-model"))
 
 
+def test_offline_hub_id_fails_fast_with_one_line(monkeypatch, tmp_path):
+    """No network: one short connection attempt, then the cache only — no retries, one clear line."""
+    import time
+
+    from spatial_interp.models import hub
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens there
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert hub.hub_reachable(timeout=1.0) is False
+    assert hub.cache_only("someone/some-vlm") and not hub.cache_only(str(tmp_path))
+    started = time.perf_counter()
+    with pytest.raises(UnknownModelError) as error:
+        si.load("someone/some-vlm")
+    assert time.perf_counter() - started < 20  # generous: the point is no 30 s of retries
+    message = str(error.value)
+    assert "\n" not in message and "unreachable" in message and "tiny-qwen2-vl" in message
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.hub_offline_by_setting() and hub.cache_only("someone/some-vlm")
+
+
+def test_import_and_help_do_not_import_torch():
+    """``import spatial_interp`` and ``spatial-interp --help`` stay light (torch loads on first use);
+    the timing itself is in benchmarks/import_time.py."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, spatial_interp as si; from spatial_interp.cli import build_parser; build_parser(); "
+             "heavy = [m for m in ('torch', 'transformers', 'nnsight', 'torchvision') if m in sys.modules]; "
+             "print(','.join(heavy) or 'none'); si.Region; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["none", "True"]  # light until a name that needs torch is touched
+
+
 def test_site_out_of_range():
     vlm = tiny_model("tiny-llava")
     with pytest.raises(SiteError, match=r"lm_resid indices run 0..3"):

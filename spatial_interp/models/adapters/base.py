@@ -65,6 +65,15 @@ class Adapter:
     def image_token_id(self, config: Any) -> int:
         return config.image_token_id
 
+    vision_attention: ClassVar[str] = "self_attn"
+    """Attention module under each vision block (``vision_blocks.K.<this>``)."""
+    vision_attention_call: ClassVar[str] = "attention_interface_1"
+    """nnsight ``.source`` label of that module's kernel call ``attention_interface(self, q, k, v, mask, ...)``
+    (the call the sdpa/eager path runs), where attention flow reads and knockouts mask."""
+    vision_attention_segments: ClassVar[str | None] = None
+    """Keyword input of the attention module giving packed segment bounds (``cu_seqlens``), if the tower
+    runs every image as one sequence split into segments; ``None``: images are batch rows or masked."""
+
     vision_out_field: ClassVar[str | None] = None
     """Attribute of ``vision_out_module``'s output holding the spliced embeddings (``None``: the output
     itself). Plain data, so code that must run remotely (inside an NDIF trace) can use it."""

@@ -45,6 +45,7 @@ class PixtralAdapter(Adapter):
     model_types = ("llava",)
     canvas = "pixtral"
     vision_blocks = "model.vision_tower.transformer.layers"
+    vision_attention = "attention"  # its mask is already block-diagonal over the images
     vision_out_module = "model.multi_modal_projector"
     image_token = "[IMG]"
     native_size = (240, 240)

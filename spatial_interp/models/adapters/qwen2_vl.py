@@ -64,6 +64,11 @@ class Qwen2VLAdapter(Adapter):
     image_token = "<|image_pad|>"
     native_size = (336, 336)
     extra_verify_sizes = ((448, 252), (280, 504), (500, 375))
+    # Images (Qwen2.5-VL: windows) are segments of one packed sequence; the non-flash path calls the
+    # kernel once per segment in its list comprehension, the third attention_interface operation.
+    vision_attention = "attn"
+    vision_attention_call = "attention_interface_2"
+    vision_attention_segments = "cu_seqlens"
 
     def n_vision_blocks(self, config: Any) -> int:
         return config.vision_config.depth

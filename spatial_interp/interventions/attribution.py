@@ -1,0 +1,672 @@
+"""Attribution patching: every (site, region) patching effect from one forward-backward per pair.
+
+Exact patching (:func:`~.patch.patch`, :func:`~.sweep.sweep`) costs one forward per (site, region).
+Attribution patching (AtP; Nanda 2023, Kramár et al. 2024) replaces the patched forward by its
+first-order Taylor expansion around the clean run. For a metric ``m`` and a patch that writes the
+source rows ``a_src[s_i]`` over the clean rows ``a[t_i]`` at a site::
+
+    m(patched) − m(clean)  ≈  Σ_i (a_src[s_i] − a[t_i]) · ∂m/∂a[t_i]
+
+with ``(t_i, s_i)`` exactly the aligned rows :func:`~.patch.patch_indices` gives ``si.patch`` (so
+``pairing="same"`` and ``"swap"`` mean the same thing here). For one chunk of pairs the work is
+
+1. one forward of the chunk's distinct source images, reading every source row any region needs;
+2. one forward of the clean batch with one backward of the metric, reading the clean rows and
+   their gradients at every site (weights stay frozen: only activation gradients are computed);
+
+then every (site, region) estimate is a dot product on the CPU-side rows: the cost does not grow
+with the number of sites or regions. The estimate is exact when the metric is linear in the
+patched activation (e.g. ``answer_logit_diff`` at the last LM slot's final position); elsewhere it
+is only as good as the linearisation, so :func:`attribute` can check itself against exact patching
+on sampled points (``check=``) and report the agreement.
+
+The metric must be a differentiable scalar per pair: a :class:`~.metrics.TokenReadout`
+(:class:`~.metrics.answer_log_odds` by default, ``log P(cf answer) − log P(clean answer)``;
+:class:`~.metrics.prob_diff`, :class:`~.metrics.answer_prob`, :class:`~.metrics.answer_logit_diff`).
+The default is the log-odds because probabilities saturate: where the clean answer holds nearly all
+the mass, ``∂P/∂a`` is ~0 although a patch can flip the answer (README, "Attribution patching").
+The same object is an ordinary metric for ``patch``/``sweep``, so estimated and exact effects are of
+the same number.
+
+Example:
+    >>> import spatial_interp as si
+    >>> from PIL import Image
+    >>> from spatial_interp.geometry import Grid, Region
+    >>> from spatial_interp.interventions import Example, PatchPair, attribute
+    >>> vlm = si.load("tiny-qwen2-vl")
+    >>> pairs = [PatchPair(Example(Image.new("RGB", (336, 336), c), "The color of the square is "),
+    ...                    Example(Image.new("RGB", (336, 336), "blue"), "The color of the square is "),
+    ...                    answers=("red", "blue"), answer_names=("clean answer", "cf answer"))
+    ...          for c in ("red", "green")]
+    >>> result = attribute(vlm, pairs, [si.site.vision_out, si.site.lm_resid(1)],
+    ...                    {"left": Region.columns(Grid(12, 12), 0, 4), "all": None}, check="all", progress=False)
+    >>> result.axes, result.shape, result.coords["metric"]
+    (('metric', 'site', 'region', 'pair'), (1, 2, 2, 2), ['logP(cf answer)-logP(clean answer)'])
+    >>> sorted(result.attrs["agreement"])[:3]
+    ['by_region', 'by_site', 'max_abs_estimate']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..geometry import Region
+from ..models.vlm import DEFAULT_SYSTEM, VLM
+from ..results import LabelledArray, provenance
+from ..site import Site, resolve_all
+from .engine import Edit, Read, repeat_batch, run, run_gradients
+from .examples import PatchPair, RegionSpec, as_pair, pair_name, resolve_region
+from .metrics import MetricError, TokenReadout, _answers, answer_log_odds, evaluate
+from .patch import Intervention, Pairing, _unique, check_batch_size, patch_indices, run_chunk
+from .sweep import _Store, plan_interventions, sweep_identity
+
+log = logging.getLogger(__name__)
+
+CELLS = "cells"
+"""``regions="cells"``: one region per grid cell, named ``r{row}c{col}`` (pairing ``"same"``)."""
+
+ESTIMATE = "attribution patching (AtP): sum over patched rows of (source - clean activation) . d metric / d activation"
+IG_ESTIMATE = ("integrated gradients (IG): sum over patched rows of (source - clean activation) . mean of d metric / "
+               "d activation at {steps} midpoints of the straight path clean -> patched ({path} path)")
+
+METHODS = ("atp", "ig")
+PATHS = ("point", "site", "joint")
+"""How ``method="ig"`` interpolates (see :func:`attribute`): one (site, region) at a time, each site's
+disjoint regions together, or every site's disjoint regions together."""
+DEFAULT_STEPS = 8
+
+
+class _AttributionStore(_Store):
+    """Attribution progress on disk: the sweep's self-checking chunk store under its own manifest name."""
+
+    MANIFEST = "attribution.json"
+
+
+def default_readout(vlm: VLM, pairs: Sequence[PatchPair]) -> TokenReadout:
+    """``log P(last answer) − log P(first answer)`` (cf against clean answer for §6 pairs); needs two answers."""
+    try:
+        n = len(_answers(pairs[0]))
+    except MetricError as error:
+        raise MetricError(f"{error}; attribute() needs a differentiable metric, by default log P(cf answer) - "
+                          "log P(clean answer) from the pairs' answers") from None
+    if n < 2:
+        raise MetricError(f"the pairs carry {n} answer string, but the default attribution metric log P(last answer) "
+                          "- log P(first answer) needs two; give PatchPair(answers=(clean, cf)) or "
+                          "metric=answer_prob(tok)")
+    return answer_log_odds(vlm.tokenizer)
+
+
+def cell_regions(grid: Any) -> dict[str, Region]:
+    """One single-cell :class:`Region` per cell of ``grid``, row-major, named ``r{row}c{col}``."""
+    return {f"r{r}c{c}": Region.cells(grid, [(r, c)]) for r in range(grid.rows) for c in range(grid.cols)}
+
+
+def _check_metric(metric: Any) -> TokenReadout:
+    if not isinstance(metric, TokenReadout):
+        raise TypeError(f"attribute() differentiates its metric inside the trace, so it must be a TokenReadout "
+                        f"(prob_diff, answer_prob, answer_logit_diff from spatial_interp.interventions.metrics), "
+                        f"got {type(metric).__name__}; answer_probs/top1 give several or non-differentiable outputs")
+    return metric
+
+
+def _regions_and_pairing(vlm: VLM, first: PatchPair, regions: Any, pairing: Any, sites: Sequence[Site],
+                         system: Any) -> tuple[dict[str, RegionSpec], Any, Any]:
+    """The region mapping (cells expanded), the pairing, and the grid for ``"cells"`` (else None)."""
+    if isinstance(regions, str) and regions == CELLS:
+        if pairing != "same":
+            raise ValueError(f"regions='cells' patches each cell from the same cell of the source (pairing='same'), "
+                             f"got pairing={pairing!r}")
+        last = [s for s in sites if s.only_last_token]
+        if last:
+            raise ValueError(f"regions='cells' needs sites with image rows; {last[0]} is the final position only")
+        grid = vlm.prepare([first.clean.image], [first.clean.prompt], system=system).layouts[0].grid
+        return cell_regions(grid), "same", grid
+    if isinstance(regions, str) and regions not in ("all", "image"):
+        raise ValueError(f"unknown regions {regions!r}; use None/'all' (every cell), 'cells' (one region per "
+                         "cell), a Region, a Swap, a function or a {name: spec} mapping")
+    if not isinstance(regions, Mapping):
+        regions = {"region": regions}
+    if not regions:
+        raise ValueError("attribute() needs at least one region (or regions=None for every cell)")
+    return dict(regions), pairing, None
+
+
+def attribute(
+    vlm: VLM,
+    pairs: Sequence[Any],
+    sites: Sequence[Site],
+    regions: Mapping[str, RegionSpec] | RegionSpec = None,
+    metric: TokenReadout | None = None,
+    *,
+    pairing: Pairing | Mapping[str, Pairing] = "same",
+    method: str = "atp",
+    steps: int | None = None,
+    path: str = "point",
+    batch_size: int = 16,
+    check: int | str = 0,
+    check_seed: int = 0,
+    top_k: int | None = None,
+    exact_batch_size: int = 64,
+    out: str | Path | None = None,
+    system: Any = DEFAULT_SYSTEM,
+    remote: bool | str = False,
+    progress: bool = True,
+    seed: int | None = None,
+    force: bool = False,
+) -> LabelledArray:
+    """Estimated patching effect of every (site, region) on every pair: a ``(metric, site, region, pair)`` array.
+
+    Args:
+        pairs: :class:`~.examples.PatchPair` objects (or ``data`` pairs, ``(clean, source)`` tuples).
+        sites: any ``vision_block(k)``, ``vision_out``, ``lm_resid(s)`` (or ``.last_token``) sites.
+        regions: ``{name: spec}`` as for :func:`~.sweep.sweep` (Region, Swap, function of (pair, layout),
+            None for all cells), a single spec (named ``"region"``), or ``"cells"`` for one region per grid
+            cell (named ``r{row}c{col}``, row-major; ``result.attrs["grid"]`` holds the grid).
+        metric: a :class:`~.metrics.TokenReadout`; default :class:`~.metrics.answer_log_odds`
+            (``log P(cf answer) − log P(clean answer)``, i.e. last answer against first).
+        pairing: ``"same"``/``"swap"`` or one per region name, as for the sweep.
+        method: ``"atp"`` (first order, above) or ``"ig"``: integrated gradients along the straight path
+            from the clean to the patched activation, ``Σ_i (a_src[s_i] − a[t_i]) · mean_r ∂m/∂a[t_i]``
+            at the ``steps`` midpoints ``a[t_i] + (r + ½)/steps · (a_src[s_i] − a[t_i])``. Exact for a metric
+            quadratic in the patched rows even at ``steps=1``, and converging to exact patching of a
+            point as ``steps`` grows with ``path="point"``.
+        steps: interpolation points of ``method="ig"`` (default 8); not given with ``"atp"``.
+        path: which rows ``method="ig"`` interpolates together. ``"point"``: one (site, region) at a time,
+            the integrated gradient of exactly the patch the estimate is of (``steps`` forward-backwards
+            of the clean batch per point); ``"site"``: at each site, regions with disjoint rows together
+            (``steps`` per site and group of disjoint regions; each region's share of the joint patch);
+            ``"joint"``: those groups at every site at once (``steps`` per group; mixes sites too).
+        batch_size: pairs per chunk (one source forward and one clean forward-backward each; ``"ig"``
+            adds one clean forward, and runs the chunk's ``steps`` copies in each forward-backward).
+        check: validate against exact patching (:func:`~.sweep.sweep`'s machinery) on this many (site,
+            region) points sampled uniformly with ``check_seed`` (``"all"``: every point); adds
+            ``extras["exact"]`` (exact effects, NaN where unchecked) and ``attrs["agreement"]``
+            (:func:`agreement`). Costs one patched run per checked point and pair.
+        top_k: for the agreement's top-k recall (default: a tenth of the checked points, at least 1).
+        exact_batch_size: rows per patched forward of the exact check.
+        out: folder for incremental results; a re-run with the same contents resumes there (keyed like the
+            sweep, :func:`~.sweep.sweep_identity`; a different fingerprint raises
+            :class:`~.sweep.SweepMismatchError`). The exact check resumes from ``out/check``.
+        remote: ``False``, ``True`` (NDIF) or ``"local"`` (nnsight's serialisation round trip).
+        seed: recorded in the provenance and the fingerprint.
+        force: with ``out``, discard what the folder holds and start over.
+
+    Returns:
+        Estimated ``metric(patched) − metric(clean)`` with one metric entry (the readout's name);
+        ``extras["clean"]`` / ``extras["source"]`` hold the ``(metric, pair)`` values of the unpatched runs.
+        ``attrs["method"]`` (and for ``"ig"`` ``attrs["steps"]``, ``attrs["path"]``) say how it was
+        estimated; ``attrs["cost"]`` counts the traced forwards this call ran (``"forwards"``; of them with a
+        backward ``"backwards"``) and their batch rows (``"rows"``; chunks resumed from ``out`` count 0).
+
+    Example:
+        >>> import spatial_interp as si
+        >>> from PIL import Image
+        >>> from spatial_interp.interventions import Example, PatchPair, attribute
+        >>> vlm = si.load("tiny-qwen2-vl")
+        >>> pair = PatchPair(Example(Image.new("RGB", (336, 336), "red"), "The color is "),
+        ...                  Example(Image.new("RGB", (336, 336), "blue"), "The color is "), answers=("red", "blue"))
+        >>> cells = attribute(vlm, [pair], [si.site.lm_resid(0), si.site.lm_resid(2)], "cells", progress=False)
+        >>> cells.shape, cells.coords["region"][:2], cells.attrs["grid"]
+        ((1, 2, 144, 1), ['r0c0', 'r0c1'], [12, 12])
+    """
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("attribute() needs at least one pair")
+    sites = resolve_all(sites)
+    if not sites:
+        raise ValueError("attribute() needs at least one site, e.g. [si.site.vision_out, si.site.lm_resid(0)]")
+    for site in sites:
+        vlm.check_site(site)
+    check_batch_size(batch_size)
+    check_batch_size(exact_batch_size, "exact_batch_size")
+    if isinstance(remote, str) and remote != "local":
+        raise ValueError(f"remote must be False, True or 'local', got {remote!r}")
+    steps = _check_method(method, steps, path)
+    first = as_pair(pairs[0])
+    metric = _check_metric(metric if metric is not None else default_readout(vlm, [first]))
+    regions, pairing, grid = _regions_and_pairing(vlm, first, regions, pairing, sites, system)
+    interventions = plan_interventions(sites, regions, pairing)
+    n_points = len(interventions)
+    points = _check_points(check, n_points, check_seed)
+    pair_names = [pair_name(p) for p in pairs]
+    chunks = [pairs[s:s + batch_size] for s in range(0, len(pairs), batch_size)]
+
+    config = {
+        "primitive": "attribute", "model": vlm.info.name, "revision": vlm.info.revision, "dtype": str(vlm.dtype),
+        "sites": [str(s) for s in sites], "regions": CELLS if grid is not None else list(regions),
+        "pairing": {iv.name: iv.pairing for iv in interventions[: len(regions)]},
+        "pairs": pair_names, "batch_size": batch_size, "metric": type(metric).__name__,
+    }
+    if method != "atp":  # AtP's key stays what it was, so folders written before method= existed resume
+        config.update(method=method, steps=steps, path=path)
+    if out is not None:
+        # Keyed before the first forward, so a mismatch costs no compute.
+        config.update(sweep_identity(vlm, pairs, regions, metric, None, system, seed))
+    store = _AttributionStore(Path(out), config, force=force) if out is not None else None
+
+    n_s, n_r = len(sites), len(regions)
+    estimates = np.zeros((n_s, n_r, len(pairs)), dtype=np.float32)
+    clean = np.zeros(len(pairs), dtype=np.float32)
+    source = np.zeros(len(pairs), dtype=np.float32)
+    names: list[str] = []
+    cost = {"forwards": 0, "backwards": 0, "rows": 0}  # of the chunks computed here (not loaded from out)
+    with store if store is not None else contextlib.nullcontext():
+        bar = tqdm(total=len(chunks), desc="attribute", unit="chunk", disable=not progress, dynamic_ncols=True)
+        try:
+            for c, chunk in enumerate(chunks):
+                lo, hi = c * batch_size, c * batch_size + len(chunk)
+                base = store.load_base(c) if store is not None else None
+                block = store.load_block(c, 0) if store is not None else None
+                if base is None or block is None:
+                    chunk_pairs = [as_pair(p) for p in chunk]
+                    if method == "atp":
+                        values, base = _attribute_chunk(vlm, chunk_pairs, interventions, metric, n_s, n_r,
+                                                        system=system, remote=remote)
+                        passes = 1
+                    else:
+                        values, base, passes = _ig_chunk(vlm, chunk_pairs, interventions, metric, n_s, n_r,
+                                                         steps=steps, path=path, system=system, remote=remote)
+                    cost["forwards"] += passes + (1 if method == "atp" else 2)
+                    cost["backwards"] += passes
+                    cost["rows"] += len(chunk) * (passes * (steps or 1) + (1 if method == "atp" else 2))
+                    if store is not None:
+                        store.save_base(c, *base)
+                        store.save_block(c, 0, values)
+                    block = values
+                estimates[:, :, lo:hi] = block
+                clean[lo:hi], source[lo:hi], names = base[0][:, 0], base[1][:, 0], list(base[2])
+                bar.update(1)
+        finally:
+            bar.close()
+
+        coords = {"metric": names, "site": [str(s) for s in sites], "region": list(regions), "pair": pair_names}
+        attrs: dict[str, Any] = {"estimate": ESTIMATE, "pairing": config["pairing"],
+                                 "transform": metric.transform, "method": method}
+        if method == "ig":
+            attrs.update(estimate=IG_ESTIMATE.format(steps=steps, path=path), steps=steps, path=path)
+        attrs["cost"] = cost
+        if grid is not None:
+            attrs["grid"] = [grid.rows, grid.cols]
+        result = LabelledArray(estimates[None], ("metric", "site", "region", "pair"), coords, attrs=attrs,
+                               provenance=provenance(vlm, seed=seed, config=config))
+        base_coords = {"metric": names, "pair": pair_names}
+        result.extras["clean"] = LabelledArray(clean[None], ("metric", "pair"), base_coords)
+        result.extras["source"] = LabelledArray(source[None], ("metric", "pair"), base_coords)
+        if points:
+            exact = exact_effects(vlm, pairs, [interventions[i] for i in points], metric,
+                                  batch_size=exact_batch_size, pairs_per_chunk=batch_size, system=system,
+                                  remote=remote, out=None if out is None else Path(out) / "check",
+                                  config={**config, "points": points}, force=force, progress=progress)
+            full = np.full(estimates.shape, np.nan, dtype=np.float32)
+            for row, i in enumerate(points):
+                full[i // n_r, i % n_r] = exact[row]
+            result.extras["exact"] = LabelledArray(full[None], result.axes, coords)
+            result.attrs["agreement"] = agreement(result, result.extras["exact"], top_k=top_k)
+            result.attrs["check"] = {"points": len(points), "of": n_points, "seed": check_seed}
+        if store is not None:
+            result.save(store.root / "result")
+    return result
+
+
+def _check_method(method: Any, steps: Any, path: Any) -> int | None:
+    """``steps`` to use (None for AtP), or a ValueError naming the bad argument."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} ('atp': first-order attribution patching, 'ig': "
+                         f"integrated gradients over steps=k points), got {method!r}")
+    if method == "atp":
+        if steps is not None:
+            raise ValueError(f"steps={steps!r} is for method='ig' (AtP takes the gradient at the clean run only)")
+        return None
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS} (what method='ig' interpolates together), got {path!r}")
+    steps = DEFAULT_STEPS if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1 (interpolation points of method='ig'), got {steps!r}")
+    return steps
+
+
+def _check_points(check: int | str, n_points: int, seed: int) -> list[int]:
+    """Flat (site-major) indices of the points to check exactly, sorted."""
+    if isinstance(check, str):
+        if check != "all":
+            raise ValueError(f"check must be an int >= 0 (points to sample) or 'all', got {check!r}")
+        return list(range(n_points))
+    if isinstance(check, bool) or not isinstance(check, int) or check < 0:
+        raise ValueError(f"check must be an int >= 0 (points to sample) or 'all', got {check!r}")
+    if check >= n_points:
+        return list(range(n_points))
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(n_points, size=check, replace=False))
+
+
+def _attribute_chunk(vlm: VLM, pairs: list[PatchPair], interventions: Sequence[Intervention], metric: TokenReadout,
+                     n_sites: int, n_regions: int, *, system: Any, remote: bool | str
+                     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Estimates ``(site, region, pair)`` of one chunk, and its ``(clean, source, names)`` baselines."""
+    n = len(pairs)
+    sources, source_at = _unique([p.source for p in pairs])
+    batch_s = vlm.prepare([e.image for e in sources], [e.prompt for e in sources], system=system)
+    batch = vlm.prepare([p.clean.image for p in pairs], [p.clean.prompt for p in pairs], system=system)
+    source_layouts = [batch_s.layouts[k] for k in source_at]
+    resolved = {iv.name: [resolve_region(iv.region, pair, batch.layouts[j]) for j, pair in enumerate(pairs)]
+                for iv in interventions[:n_regions]}
+    # Row indices depend on the site only through its kind (every LM slot has the same positions), so
+    # they are worked out once per kind: cells × slots × pairs calls would otherwise dominate.
+    aligned: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def rows(iv: Intervention, j: int) -> tuple[Tensor, Tensor]:
+        key = (iv.site.kind, iv.site.only_last_token, iv.name, j)
+        if key not in aligned:
+            aligned[key] = patch_indices(iv.site, resolved[iv.name][j], iv.pairing, batch.layouts[j],
+                                         source_layouts[j])
+        return aligned[key]
+
+    # Per (site, pair): the union of target rows and of source rows any region touches.
+    plan = []
+    reads_c, reads_s = [], []
+    for k in range(n_sites):
+        site = interventions[k * n_regions].site
+        for j in range(n):
+            pieces = [rows(interventions[k * n_regions + i], j) for i in range(n_regions)]
+            t_all, t_inv = torch.unique(torch.cat([t for t, _ in pieces]), return_inverse=True)
+            s_all, s_inv = torch.unique(torch.cat([s for _, s in pieces]), return_inverse=True)
+            segment = torch.cat([torch.full((len(t),), i, dtype=torch.long) for i, (t, _) in enumerate(pieces)])
+            plan.append((t_inv, s_inv, segment))
+            target, src = batch.layouts[j], source_layouts[j]
+            reads_c.append(Read(site, None if site.is_vision else torch.full_like(t_all, target.batch_index), t_all))
+            reads_s.append(Read(site, None if site.is_vision else torch.full_like(s_all, src.batch_index), s_all))
+
+    out_s = run(vlm, batch_s, [], reads_s, remote=remote)
+    source_values, names = evaluate(metric, out_s.logits[torch.tensor(source_at)], pairs)
+    ids, coeffs = metric.weights(pairs)
+    grads = run_gradients(vlm, batch, reads_c, metric.transform, ids, coeffs, remote=remote)
+    clean_values = grads.scores.float().cpu()[:, None]
+
+    values = np.zeros((n_sites, n_regions, n), dtype=np.float32)
+    for q, (t_inv, s_inv, segment) in enumerate(plan):
+        k, j = divmod(q, n)
+        a, g, a_src = grads.reads[q], grads.grads[q], out_s.reads[q]
+        here = g.device
+        t_inv, s_inv = t_inv.to(here), s_inv.to(here)
+        contrib = ((a_src[s_inv].float() - a[t_inv].float()) * g[t_inv].float()).sum(-1)
+        per_region = torch.zeros(n_regions, device=here).index_add_(0, segment.to(here), contrib)
+        values[k, :, j] = per_region.cpu().numpy()
+    return values, (clean_values.numpy(), source_values.numpy(), names)
+
+
+def _ig_paths(path: str, n_sites: int, n_regions: int, disjoint: np.ndarray) -> list[list[tuple[int, int]]]:
+    """The (site, region) points interpolated together, one list per group of forward-backwards.
+
+    ``disjoint[k, i, i2]``: regions ``i`` and ``i2`` touch no common target row at site ``k`` for any pair.
+    Regions are grouped greedily (in order) into sets of pairwise disjoint ones.
+    """
+    if path == "point":
+        return [[(k, i)] for k in range(n_sites) for i in range(n_regions)]
+    groups_at = []
+    for k in range(n_sites):
+        groups: list[list[int]] = []
+        for i in range(n_regions):
+            home = next((g for g in groups if all(disjoint[k, i, i2] for i2 in g)), None)
+            if home is None:
+                groups.append([i])
+            else:
+                home.append(i)
+        groups_at.append(groups)
+    if path == "site":
+        return [[(k, i) for i in g] for k, groups in enumerate(groups_at) for g in groups]
+    # "joint": group g at every site together (sites with fewer groups join the ones they have).
+    n_groups = max(len(g) for g in groups_at)
+    return [[(k, i) for k, groups in enumerate(groups_at) if g < len(groups) for i in groups[g]]
+            for g in range(n_groups)]
+
+
+def _ig_chunk(vlm: VLM, pairs: list[PatchPair], interventions: Sequence[Intervention], metric: TokenReadout,
+              n_sites: int, n_regions: int, *, steps: int, path: str, system: Any, remote: bool | str
+              ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, list[str]], int]:
+    """Integrated-gradient estimates ``(site, region, pair)`` of one chunk, its baselines, and the number of
+    forward-backwards run (each over ``steps`` copies of the chunk)."""
+    n = len(pairs)
+    sources, source_at = _unique([p.source for p in pairs])
+    batch_s = vlm.prepare([e.image for e in sources], [e.prompt for e in sources], system=system)
+    batch = vlm.prepare([p.clean.image for p in pairs], [p.clean.prompt for p in pairs], system=system)
+    source_layouts = [batch_s.layouts[k] for k in source_at]
+    resolved = {iv.name: [resolve_region(iv.region, pair, batch.layouts[j]) for j, pair in enumerate(pairs)]
+                for iv in interventions[:n_regions]}
+    aligned: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def rows(k: int, i: int, j: int) -> tuple[Tensor, Tensor]:
+        iv = interventions[k * n_regions + i]
+        key = (iv.site.kind, iv.site.only_last_token, iv.name, j)
+        if key not in aligned:
+            aligned[key] = patch_indices(iv.site, resolved[iv.name][j], iv.pairing, batch.layouts[j],
+                                         source_layouts[j])
+        return aligned[key]
+
+    site_of = [interventions[k * n_regions].site for k in range(n_sites)]
+    # Clean and source activations at every row any region touches, per (site, pair).
+    unions = []
+    reads_c, reads_s = [], []
+    for k in range(n_sites):
+        for j in range(n):
+            pieces = [rows(k, i, j) for i in range(n_regions)]
+            t_all = torch.unique(torch.cat([t for t, _ in pieces]))
+            s_all = torch.unique(torch.cat([s for _, s in pieces]))
+            unions.append((t_all, s_all))
+            target, src = batch.layouts[j], source_layouts[j]
+            site = site_of[k]
+            reads_c.append(Read(site, None if site.is_vision else torch.full_like(t_all, target.batch_index), t_all))
+            reads_s.append(Read(site, None if site.is_vision else torch.full_like(s_all, src.batch_index), s_all))
+    out_s = run(vlm, batch_s, [], reads_s, remote=remote)
+    source_values, names = evaluate(metric, out_s.logits[torch.tensor(source_at)], pairs)
+    out_c = run(vlm, batch, [], reads_c, remote=remote)
+    clean_values, _ = evaluate(metric, out_c.logits, pairs)
+
+    def delta(k: int, i: int, j: int) -> tuple[Tensor, Tensor]:
+        """Target rows of point (k, i) on pair j and ``a_src[s] − a[t]`` there (float32)."""
+        t, s_rows = rows(k, i, j)
+        t_all, s_all = unions[k * n + j]
+        a = out_c.reads[k * n + j].float().cpu()[torch.searchsorted(t_all, t)]
+        a_src = out_s.reads[k * n + j].float().cpu()[torch.searchsorted(s_all, s_rows)]
+        return t, a_src - a
+
+    disjoint = np.ones((n_sites, n_regions, n_regions), dtype=bool)
+    if path != "point":
+        for k in range(n_sites):
+            for j in range(n):
+                sets = [set(rows(k, i, j)[0].tolist()) for i in range(n_regions)]
+                for i in range(n_regions):
+                    for i2 in range(i + 1, n_regions):
+                        if sets[i] & sets[i2]:
+                            disjoint[k, i, i2] = disjoint[k, i2, i] = False
+    groups = _ig_paths(path, n_sites, n_regions, disjoint)
+    stacked = repeat_batch(vlm, batch, steps)
+    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+    ids, coeffs = metric.weights(pairs)
+    ids, coeffs = ids.repeat(steps, 1), coeffs.repeat(steps, 1)
+    # Flat vision rows of replica r are shifted by r times the rows of one copy of the batch.
+    shift = {"vision_out": sum(lay.grid.n_cells for lay in batch.layouts),
+             "vision_block": sum(vlm.adapter.vision_block_rows_per_image(lay.grid, vlm.processor, vlm.config)
+                                 for lay in batch.layouts), "lm_resid": 0}
+    values = np.zeros((n_sites, n_regions, n), dtype=np.float32)
+    for group in groups:
+        edits, reads, slots = [], [], []
+        by_site: dict[int, list[int]] = {}
+        for k, i in group:
+            by_site.setdefault(k, []).append(i)
+        for k, members in by_site.items():
+            site = site_of[k]
+            for j in range(n):
+                parts = [delta(k, i, j) for i in members]
+                t = torch.cat([p[0] for p in parts])
+                d = torch.cat([p[1] for p in parts])
+                t_all = unions[k * n + j][0]
+                a = out_c.reads[k * n + j].float().cpu()[torch.searchsorted(t_all, t)]
+                for r in range(steps):
+                    written = (a + alphas[r] * d).to(vlm.dtype)
+                    if site.is_vision:
+                        positions, row_ids = t + r * shift[site.kind], None
+                    else:
+                        positions = t
+                        row_ids = torch.full_like(t, batch.layouts[j].batch_index + r * n)
+                    edits.append(Edit.set(site, row_ids, positions, written))
+                    reads.append(Read(site, row_ids, positions))
+                    slots.append((k, j, r, [len(p[0]) for p in parts], members))
+        grads = run_gradients(vlm, stacked, reads, metric.transform, ids, coeffs, edits=edits, remote=remote)
+        mean: dict[tuple[int, int], Tensor] = {}
+        for q, (k, j, _r, _sizes, _members) in enumerate(slots):
+            g = grads.grads[q].float().cpu()
+            mean[(k, j)] = mean[(k, j)] + g / steps if (k, j) in mean else g / steps
+        for k, members in by_site.items():
+            for j in range(n):
+                offset = 0
+                for i in members:
+                    t, d = delta(k, i, j)
+                    values[k, i, j] = float((d * mean[(k, j)][offset:offset + len(t)]).sum())
+                    offset += len(t)
+    return values, (clean_values.numpy(), source_values.numpy(), names), len(groups)
+
+
+def exact_effects(vlm: VLM, pairs: Sequence[Any], interventions: Sequence[Intervention], metric: TokenReadout, *,
+                  batch_size: int = 64, pairs_per_chunk: int = 16, system: Any = DEFAULT_SYSTEM,
+                  remote: bool | str = False, out: Path | None = None, config: Mapping[str, Any] | None = None,
+                  force: bool = False, progress: bool = False) -> Float[np.ndarray, "points pair"]:
+    """Exact ``metric(patched) − metric(clean)`` of each intervention on each pair (the sweep's machinery).
+
+    ``out`` (with the caller's fingerprint ``config``) makes it resumable chunk by chunk.
+    """
+    pairs = list(pairs)
+    chunks = [pairs[s:s + pairs_per_chunk] for s in range(0, len(pairs), pairs_per_chunk)]
+    store = _AttributionStore(out, dict(config or {}), force=force) if out is not None else None
+    effects = np.zeros((len(interventions), len(pairs)), dtype=np.float32)
+    with store if store is not None else contextlib.nullcontext():
+        for c, chunk in enumerate(tqdm(chunks, desc="exact check", unit="chunk", disable=not progress)):
+            lo = c * pairs_per_chunk
+            block = store.load_block(c, 0) if store is not None else None
+            if block is None:
+                result = run_chunk(vlm, [as_pair(p) for p in chunk], interventions, metric,
+                                   per_forward=max(1, batch_size // len(chunk)), system=system, remote=remote)
+                block = (result.patched[:, :, 0] - result.clean[None, :, 0]).numpy()
+                if store is not None:
+                    store.save_block(c, 0, block)
+            effects[:, lo:lo + block.shape[1]] = block
+    return effects
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties given their average rank (as Spearman's coefficient needs)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=float)
+    ranks[order] = np.arange(len(x), dtype=float)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.zeros(len(counts))
+    np.add.at(sums, inverse, ranks)
+    return (sums / counts)[inverse]
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def correlations(estimate: np.ndarray, exact: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman r of two equal-length vectors (NaN under 3 values or with a constant one)."""
+    estimate, exact = np.asarray(estimate, dtype=float).ravel(), np.asarray(exact, dtype=float).ravel()
+    return {"pearson": _pearson(estimate, exact), "spearman": _pearson(_ranks(estimate), _ranks(exact)),
+            "n": int(len(exact))}
+
+
+def agreement(estimate: LabelledArray, exact: LabelledArray, *, top_k: int | None = None) -> dict[str, Any]:
+    """How well estimated effects match exact ones at the points ``exact`` holds (non-NaN).
+
+    Returns JSON-able numbers:
+
+    * ``pearson``, ``spearman``: over every checked (site, region, pair) entry;
+    * ``pearson_mean``, ``spearman_mean``: over the checked points' means over pairs;
+    * ``top_k_recall``: of the ``top_k`` checked points with the largest mean ``|exact|``, the share that
+      are also among the ``top_k`` largest mean ``|estimate|`` (``top_k`` defaults to a tenth of the points);
+    * ``by_site`` / ``by_region``: the entry-level correlations within each site / region;
+    * ``max_abs_exact``, ``max_abs_estimate``, ``n_points``, ``n_pairs``: the scale and size of the check
+      (an all-~0 exact effect makes every correlation meaningless; they are NaN when it is exactly 0).
+    """
+    est = estimate.transpose("metric", "site", "region", "pair").values[0].astype(float)
+    ex = exact.transpose("metric", "site", "region", "pair").values[0].astype(float)
+    if est.shape != ex.shape:
+        raise ValueError(f"estimate {est.shape} and exact {ex.shape} differ in shape")
+    checked = ~np.isnan(ex).any(-1)
+    if not checked.any():
+        raise ValueError("exact holds no checked point (all NaN); run attribute(..., check=k) or exact_effects")
+    sites, regions = estimate.coords["site"], estimate.coords["region"]
+    points = np.argwhere(checked)
+    e_pts, x_pts = est[checked], ex[checked]  # (points, pair)
+    n_top = max(1, len(points) // 10) if top_k is None else int(top_k)
+    if n_top < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    n_top = min(n_top, len(points))
+    top_exact = set(np.argsort(-np.abs(x_pts.mean(-1)), kind="mergesort")[:n_top].tolist())
+    top_est = set(np.argsort(-np.abs(e_pts.mean(-1)), kind="mergesort")[:n_top].tolist())
+    entries = correlations(e_pts, x_pts)
+    means = correlations(e_pts.mean(-1), x_pts.mean(-1))
+    by_site = {sites[s]: correlations(est[s][checked[s]], ex[s][checked[s]])
+               for s in range(len(sites)) if checked[s].any()}
+    by_region = {}
+    if len(regions) <= 16:  # per-cell breakdowns would be one point each
+        by_region = {regions[r]: correlations(est[:, r][checked[:, r]], ex[:, r][checked[:, r]])
+                     for r in range(len(regions)) if checked[:, r].any()}
+    return {
+        "pearson": entries["pearson"], "spearman": entries["spearman"], "n_entries": entries["n"],
+        "pearson_mean": means["pearson"], "spearman_mean": means["spearman"],
+        "top_k": n_top, "top_k_recall": len(top_exact & top_est) / n_top,
+        "n_points": int(len(points)), "n_pairs": int(est.shape[-1]),
+        "max_abs_exact": float(np.abs(x_pts).max()), "max_abs_estimate": float(np.abs(e_pts).max()),
+        "by_site": by_site, "by_region": by_region,
+        "points": [[sites[s], regions[r]] for s, r in points.tolist()],
+    }
+
+
+def validate_attribution(vlm: VLM, pairs: Sequence[Any], result: LabelledArray, sites: Sequence[Site],
+                         regions: Mapping[str, RegionSpec] | RegionSpec = None, metric: TokenReadout | None = None,
+                         *, pairing: Pairing | Mapping[str, Pairing] = "same", k: int | str = 16, seed: int = 0,
+                         top_k: int | None = None, batch_size: int = 64, pairs_per_chunk: int = 16,
+                         system: Any = DEFAULT_SYSTEM, remote: bool | str = False) -> dict[str, Any]:
+    """Check an existing :func:`attribute` result against exact patching on ``k`` sampled points.
+
+    Give the same ``pairs``, ``sites``, ``regions``, ``metric`` and ``pairing`` the result was computed with;
+    returns :func:`agreement` and stores ``result.extras["exact"]``.
+    """
+    pairs = list(pairs)
+    sites = resolve_all(sites)
+    first = as_pair(pairs[0])
+    metric = _check_metric(metric if metric is not None else default_readout(vlm, [first]))
+    regions, pairing, _ = _regions_and_pairing(vlm, first, regions, pairing, sites, system)
+    interventions = plan_interventions(sites, regions, pairing)
+    want = {"site": [str(s) for s in sites], "region": list(regions), "pair": [pair_name(p) for p in pairs]}
+    for axis, labels in want.items():
+        if result.coords.get(axis) != labels:
+            raise ValueError(f"result's {axis} axis does not match the arguments ({len(result.coords.get(axis, []))} "
+                             f"vs {len(labels)} labels); validate with the arguments the result was computed with")
+    points = _check_points(k, len(interventions), seed)
+    exact = exact_effects(vlm, pairs, [interventions[i] for i in points], metric, batch_size=batch_size,
+                          pairs_per_chunk=pairs_per_chunk, system=system, remote=remote)
+    n_r = len(regions)
+    full = np.full((len(sites), n_r, len(pairs)), np.nan, dtype=np.float32)
+    for row, i in enumerate(points):
+        full[i // n_r, i % n_r] = exact[row]
+    estimate = result.transpose("metric", "site", "region", "pair")
+    result.extras["exact"] = LabelledArray(full[None], estimate.axes, estimate.coords)
+    stats = agreement(estimate, result.extras["exact"], top_k=top_k)
+    result.attrs["agreement"] = stats
+    return stats
+
+
+__all__ = ["CELLS", "METHODS", "PATHS", "agreement", "attribute", "cell_regions", "correlations", "default_readout",
+           "exact_effects", "validate_attribution"]
