@@ -2,11 +2,12 @@
 
 Model: a mid-size random Qwen2-VL (8 LM layers, d_model 256, 12×12 image grid from a 336 px image).
 Work: every residual slot ``lm_resid(0…8)`` × {object, strip} swap regions × 16 pairs (288 patched runs).
+The 16 pairs are all distinct (32 different images), so every contender's source forward has 16 images.
 
 * ``sweep``     — ``spatial_interp.sweep`` (nnsight traces; interventions stacked along the batch).
 * ``raw_hooks`` — the same algorithm and batching written with plain PyTorch hooks and no nnsight
                   (source forward, clean forward, patched forwards of the clean batch stacked per slot, cached
-                  vision embeddings, layers below the lowest patched slot skipped). Target: sweep ≤ 1.10×.
+                  vision embeddings, layers below the lowest patched slot skipped). Target: parity (sweep ≤ 1.10×).
 * ``per_intervention`` — a loop like TransformerLens's ``generic_activation_patch``: the source run
                   cached once, then one full forward of the 16 clean inputs per (slot, region).
                   Target: sweep ≥ 2× faster.
@@ -16,13 +17,14 @@ Run (one command; a few minutes on a busy 2-core machine)::
     python benchmarks/sweep_benchmark.py --repeats 7
 
 It prints the median CPU and wall time of each implementation, the ratios, and the largest difference between
-their results (they compute the same numbers).
+their results (asserted equal to 1e-6; they compute the same numbers).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import statistics
 import time
@@ -33,7 +35,7 @@ from transformers import AutoModelForImageTextToText
 
 import spatial_interp as si
 from spatial_interp.geometry import Region
-from spatial_interp.interventions.engine import repeat_batch
+from spatial_interp.interventions.engine import count_forwards, repeat_batch
 from spatial_interp.interventions.examples import Example, PatchPair, Swap
 from spatial_interp.interventions.metrics import answer_probs
 from spatial_interp.interventions.patch import Intervention, group_forwards, patch_indices
@@ -75,13 +77,32 @@ def squares(triple: tuple[str, str, str]) -> Image.Image:
     return image
 
 
-def make_pairs() -> list[PatchPair]:
+def distinct_triples(n: int) -> list[tuple[str, str, str]]:
+    """``n`` colour triples whose clean and reversed (source) images are all different: 2n distinct images.
+
+    Triples ``(a, b, c)`` with ``a`` before ``c`` in ``COLORS`` order, so no triple is another's reversal;
+    spread over all 60 such triples so the middle colour (and so the prompt) varies too.
+    """
     names = list(COLORS)
+    canonical = [t for t in itertools.permutations(names, 3) if names.index(t[0]) < names.index(t[2])]
+    if n > len(canonical):
+        raise ValueError(f"at most {len(canonical)} distinct pairs, asked for {n}")
+    step = len(canonical) // n
+    return [canonical[i * step] for i in range(n)]
+
+
+def make_pairs(n: int = N_PAIRS) -> list[PatchPair]:
+    """``n`` pairs, every one distinct: no two pairs share a clean image, a source image or both prompts.
+
+    (With repeated pairs the sweep's source forward, which runs each distinct source once, would do less
+    work than the baselines' 16-row source forward, flattering the sweep.)
+    """
     pairs = []
-    for i in range(N_PAIRS):
-        t = (names[i % 6], names[(i + 1) % 6], names[(i + 3) % 6])
+    for i, t in enumerate(distinct_triples(n)):
         prompt = PROMPT.format(t[1])
         pairs.append(PatchPair(Example(squares(t), prompt), Example(squares(t[::-1]), prompt), answers=t, id=f"p{i}"))
+    images = {example.image.tobytes() for p in pairs for example in (p.clean, p.source)}
+    assert len(images) == 2 * n, "pairs must not share images"
     return pairs
 
 
@@ -239,7 +260,15 @@ def main() -> None:
 
     runs = {"sweep": ours, "raw_hooks": lambda: raw_hooks(vlm, pairs, slots, regs, metric),
             "per_intervention": lambda: per_intervention(vlm, pairs, slots, regs, metric)}
-    outputs = {name: fn() for name, fn in runs.items()}  # warm-up, and the results to compare
+    with count_forwards() as seen:
+        outputs = {"sweep": ours()}  # warm-up, and the results to compare
+    outputs.update({name: fn() for name, fn in runs.items() if name != "sweep"})
+    for name, out in outputs.items():  # the contenders compute the same numbers
+        torch.testing.assert_close(out, outputs["sweep"], rtol=0, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    # Equal work: the sweep's source forward has all 16 source images (no pair repeats one), like the others'.
+    n_forwards = 2 + len(group_forwards([Intervention(si.site.lm_resid(s), r, n, "swap") for s in slots
+                                         for n, r in regs.items()], PER_FORWARD, split_sites=True))
+    assert seen.forwards == n_forwards and seen.vision_images == 2 * N_PAIRS, seen
     times: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
@@ -267,6 +296,9 @@ def main() -> None:
         "min_per_intervention_over_sweep": best["per_intervention"] / best["sweep"],
         "wall_sweep_over_raw_hooks": wall["sweep"] / wall["raw_hooks"],
         "wall_per_intervention_over_sweep": wall["per_intervention"] / wall["sweep"],
+        "distinct_pairs": len({(p.clean.image.tobytes(), p.source.image.tobytes()) for p in pairs}),
+        "sweep_forwards": {"forwards": seen.forwards, "rows": seen.rows, "vision_images": seen.vision_images,
+                           "layers_skipped": seen.layers_skipped},
         "max_abs_diff_vs_sweep": {name: float((out - outputs["sweep"]).abs().max()) for name, out in outputs.items()},
         # How much patching moves the metric at all (so a zero difference above is not vacuous).
         "max_abs_patch_effect": float((outputs["sweep"] - baseline["clean"]).abs().max()),

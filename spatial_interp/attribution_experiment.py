@@ -7,7 +7,7 @@ regions from :mod:`spatial_interp.interventions.paper`, the pair filter of
 1. criss-cross pairs of one synthetic task (optionally only those the model answers correctly);
 2. **region level**: the §6 ``object`` and ``strip`` swaps plus the ``background`` (every cell outside
    both objects, patched from the same cell of the counterfactual) at ``vision_out`` and every LM slot,
-   estimated by ``cfg.method`` (integrated gradients, 8 steps, by default) and every point checked
+   estimated by ``cfg.method`` (integrated gradients, 4 steps, by default) and every point checked
    against exact patching;
 3. **cell level**: one region per grid cell (``pairing="same"``) at the same sites, estimated by
    ``cfg.cell_method`` (AtP by default), ``cell_check`` sampled points checked exactly.
@@ -64,15 +64,18 @@ class AttributionConfig:
     method: str = "ig"
     """Region-level estimator (:func:`~spatial_interp.interventions.attribute`'s ``method``): ``"ig"``
     because whole-object/strip swaps flip the answer, far outside AtP's linear regime (README)."""
-    steps: int | None = 8
-    """Interpolation points of ``method="ig"`` (must be None for ``"atp"``)."""
+    steps: int | None = 4
+    """Interpolation points of ``method="ig"`` (must be None for ``"atp"``): 4 is the cheapest measured
+    setting with region-level Spearman >= 0.9 on every shipped organism (README)."""
     path: str = "point"
     """What region-level ``"ig"`` interpolates together (``"point"``: each swap alone, the patch itself)."""
     cell_method: str = "atp"
     """Cell-level estimator: single cells are small perturbations, where AtP ranks as well as IG's
     affordable paths (README)."""
     cell_steps: int | None = None
+    """``steps`` of a cell-level ``"ig"``."""
     cell_path: str = "site"
+    """``path`` of a cell-level ``"ig"`` (``"point"`` costs ``steps`` forward-backwards per cell × site)."""
     batch_size: int = 16
     seed: int = 0
     progress: bool = False

@@ -23,16 +23,18 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .data.scoring import normalize
 from .models.vlm import DEFAULT_SYSTEM, VLM
+from .prefetch import prefetched
+from .progress import progress_bar
 from .results import provenance, write_json
 
 log = logging.getLogger(__name__)
@@ -93,22 +95,31 @@ def evaluate(
     system: Any = DEFAULT_SYSTEM,
     progress: bool = True,
     seed: int | None = None,
+    prefetch: bool = True,
 ) -> EvalResult:
     """Top-1 accuracy of ``vlm`` on ``items`` (anything with ``image``, ``prompt``, ``answer``, ``direction``).
 
     One forward per ``batch_size`` items. Items are read a batch at a time and dropped after it, so a
-    lazy item set (``data.items.ItemSet``) renders only the batch in hand: memory does not grow with
-    the number of items.
+    lazy item set (``data.items.ItemSet``) renders only the batch in hand (and, with ``prefetch``, the
+    next one, prepared in a worker thread during this one's forward): memory does not grow with the
+    number of items.
     """
     from .interventions.engine import note_forward
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ids, answers, directions, predictions, probs = [], [], [], [], []
-    for start in tqdm(range(0, len(items), batch_size), desc=f"eval {task}".strip(), disable=not progress,
-                      unit="batch"):
-        chunk = [items[i] for i in range(start, min(start + batch_size, len(items)))]
-        batch = vlm.prepare([it.image for it in chunk], [it.prompt for it in chunk], system)
+
+    def prepared() -> Iterator[tuple[int, list[Any], Any]]:
+        for start in range(0, len(items), batch_size):
+            chunk = [items[i] for i in range(start, min(start + batch_size, len(items)))]
+            yield start, chunk, vlm.prepare([it.image for it in chunk], [it.prompt for it in chunk], system)
+
+    bar = progress_bar(total=math.ceil(len(items) / batch_size), desc=f"eval {task}".strip(),
+                       disable=not progress, unit="batch")
+    # The next chunk is rendered and processed in a worker while this one runs (spatial_interp.prefetch).
+    for start, chunk, batch in prefetched(prepared(), enabled=prefetch):
+        bar.update()
         note_forward(batch)
         last = vlm.forward(batch)[:, -1].float()
         top = last.argmax(-1)
@@ -117,7 +128,8 @@ def evaluate(
         ids += [getattr(it, "id", str(start + j)) for j, it in enumerate(chunk)]
         answers += [it.answer for it in chunk]
         directions += [getattr(it, "direction", "") for it in chunk]
-        del chunk, batch  # the next batch's images are rendered before this loop rebinds them
+        del chunk, batch
+    bar.close()
     correct = [normalize(p) == normalize(a) for p, a in zip(predictions, answers, strict=True)]
     meta = provenance(vlm, seed=seed, config={"task": task, "batch_size": batch_size})
     return EvalResult(task, vlm.info.name, ids, answers, predictions, probs, directions, correct, meta)

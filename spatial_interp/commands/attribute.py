@@ -1,9 +1,10 @@
 """``spatial-interp attribute``: attribution patching of every cell × site, checked against exact patching.
 
-On criss-cross pairs of a synthetic task it estimates the patching effect of every grid cell and of
-the object / strip / background regions at ``vision_out`` and every LM slot from one forward-backward
-per pair (``si.attribute``), checks every region point and a sample of cell points with exact
-patching, and writes both arrays, their agreement and an HTML section under ``--out``.
+On criss-cross pairs of a synthetic task it estimates the patching effect of every grid cell at
+``vision_out`` and every LM slot from one forward-backward per pair (``si.attribute``, AtP), and of the
+object / strip / background regions with integrated gradients (4 steps per point: whole-region swaps
+flip the answer, far outside AtP's linear regime); it checks every region point and a sample of cell
+points with exact patching, and writes both arrays, their agreement and an HTML section under ``--out``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def add_parser(subparsers, common) -> None:
                              "P(clean); logit_diff: logit(cf) - logit(clean); cf_prob: P(cf answer)")
     parser.add_argument("--cell-check", type=int, default=64, metavar="K",
                         help="cell points checked against exact patching (default: 64; 0 skips)")
+    parser.add_argument("--region-method", choices=("ig", "atp"), default="ig",
+                        help="region-level estimator: ig (integrated gradients, default) or atp (one backward)")
+    parser.add_argument("--steps", type=int, default=4, help="interpolation steps of --region-method ig (default 4)")
     parser.add_argument("--vision-blocks", action="store_true", help="also every vision-encoder block")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per forward-backward (default: 16)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -57,12 +61,15 @@ def run(args: argparse.Namespace) -> int:
     for name in ("pairs_per_direction", "batch_size"):
         if getattr(args, name) < 1:
             raise CommandError(f"attribute --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.region_method == "ig" and args.steps < 1:
+        raise CommandError(f"attribute --steps must be >= 1, got {args.steps}")
     if args.cell_check < 0:
         raise CommandError(f"attribute --cell-check must be >= 0, got {args.cell_check}")
     cfg = AttributionConfig(task=args.task, directions=tuple(args.directions),
                             pairs_per_direction=args.pairs_per_direction, filter_pairs=not args.no_filter,
                             metric=args.metric, vision_blocks=args.vision_blocks, cell_check=args.cell_check,
-                            batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+                            batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
+                            method=args.region_method, steps=args.steps if args.region_method == "ig" else None)
     vlm = load_model(args)
     out_dir = args.out or Path("runs") / f"attribute-{model_name(args).replace('/', '_')}-{args.task}"
     result = attribution_map(vlm, cfg)

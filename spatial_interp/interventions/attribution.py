@@ -20,6 +20,12 @@ patched activation (e.g. ``answer_logit_diff`` at the last LM slot's final posit
 is only as good as the linearisation, so :func:`attribute` can check itself against exact patching
 on sampled points (``check=``) and report the agreement.
 
+Where patches move the metric far outside the linear regime (whole-object swaps that flip the answer),
+``method="ig"`` integrates the gradient along the straight path from the clean to the patched
+activation instead (``steps`` midpoints; see :func:`attribute` for which rows are interpolated together):
+exact for a metric quadratic in the patched rows, converging to exact patching as ``steps`` grows, and
+costing ``steps`` forward-backwards per interpolated group instead of one per chunk.
+
 The metric must be a differentiable scalar per pair: a :class:`~.metrics.TokenReadout`
 (:class:`~.metrics.answer_log_odds` by default, ``log P(cf answer) − log P(clean answer)``;
 :class:`~.metrics.prob_diff`, :class:`~.metrics.answer_prob`, :class:`~.metrics.answer_logit_diff`).
@@ -218,6 +224,9 @@ def attribute(
         >>> cells = attribute(vlm, [pair], [si.site.lm_resid(0), si.site.lm_resid(2)], "cells", progress=False)
         >>> cells.shape, cells.coords["region"][:2], cells.attrs["grid"]
         ((1, 2, 144, 1), ['r0c0', 'r0c1'], [12, 12])
+        >>> ig = attribute(vlm, [pair], [si.site.lm_resid(0)], {"all": None}, method="ig", steps=2, progress=False)
+        >>> ig.attrs["method"], ig.attrs["steps"], ig.attrs["path"], ig.attrs["cost"]
+        ('ig', 2, 'point', {'forwards': 3, 'backwards': 1, 'rows': 4})
     """
     pairs = list(pairs)
     if not pairs:

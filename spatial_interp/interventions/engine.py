@@ -605,6 +605,10 @@ def run_gradients(
         from ..models.remote import remote_timeout, within_time
 
         values, grads, logits, scores = within_time(_traced_gradients, args, remote_timeout())
+        if edits:
+            # The serialised trace with edits leaves reference cycles that segfault when the collector
+            # meets them inside the next serialisation (nnsight 0.8, measured); collecting them here is safe.
+            gc.collect()
     return GradientOutput(logits=logits, scores=scores,
                           reads=[values[step][start:stop] for step, start, stop in read_slices],
                           grads=[grads[step][start:stop] for step, start, stop in read_slices])

@@ -30,7 +30,7 @@ from ..stats import bootstrap_mean_ci, wilson_interval
 from .attribution import attribution_section
 from .figures import alpha_curves, layer_curves, region_heatmap, strip_maps
 from .html import Section
-from .verdicts import verdict_section
+from .verdicts import ROUTES, verdict_section
 from .vision_depth import vision_depth_section
 
 ABLATION_COST = 0.10
@@ -93,8 +93,9 @@ def model_kind(model: Mapping[str, Any], reference: Reference) -> str:
         planted = (organism or {}).get("planted") if isinstance(organism, Mapping) else None
         card = f" (model card: {model['card']})" if model.get("card") else ""
         if planted:
-            routes = ", ".join(f"{name.replace('_', ' ')} {'present' if on else 'absent'}"
-                               for name, on in sorted(planted.items()))
+            labels = dict(ROUTES)
+            routes = ", ".join(f"{labels.get(name, name)} {'present' if on else 'absent'}"
+                               for name, on in sorted(planted.items(), key=lambda kv: kv[0] != "vision_route"))
             return (f"a model organism — a tiny {model['arch']} model trained in this package — with a planted "
                     f"mechanism ({routes}){card}")
         return (f"a model organism — a tiny {model['arch']} model trained in this package — whose mechanism was "

@@ -101,7 +101,7 @@ def reference(vlm, pair, sites, region, pairing, score):
 
         delta = rows(src[site].detach(), s) - rows(clean[site].detach(), t)
         out.append(float((delta * rows(grad, t)).sum()))
-    return np.array(out), float(value)
+    return np.array(out), float(value.detach())
 
 
 def logit_diff_by_hand(vlm, plus="blue", minus="red"):

@@ -3,8 +3,9 @@
 Thresholds sit below the agreement measured when this test was written (README, "Attribution
 patching": criss-cross pairs, 2 per direction, filtered; log-odds metric; 96 sampled cell points):
 they catch a broken gradient path (which gives correlations near 0) without pinning the noise of an
-8-pair sample. Where AtP is known to fail (swaps of whole objects/strips on the organisms whose
-answer flips, i.e. saturated nonlinear effects) the region-level number is recorded, not asserted high.
+8-pair sample. The region level uses the experiment's default estimator, integrated gradients (4
+steps, one swap at a time), because first-order AtP fails on whole-object/strip swaps that flip the
+answer (measured Spearman 0.34-0.81); the cell level uses AtP.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from .conftest import load_organism
 
 CFG = AttributionConfig(pairs_per_direction=2, cell_check=96)
 
-# organism: (cell-level Spearman over checked entries, measured, asserted floor)
-CELL_FLOOR = {"organism-qwen2-vl": 0.6, "organism-qwen2-vl-dual": 0.7, "organism-gemma3": 0.7}
+# organism: cell-level (AtP) Spearman over checked entries, asserted floor (measured: 0.75, 0.84, 0.88, 0.77, 0.60)
+CELL_FLOOR = {"organism-qwen2-vl": 0.6, "organism-qwen2-vl-dual": 0.7, "organism-gemma3": 0.7,
+              "organism-qwen2-vl-vision": 0.65, "organism-qwen2-vl-position": 0.5}
+# organism: region-level (IG, 4 steps, point path) Spearman over all entries, asserted floor
+# (measured: 0.995, 0.960, 0.966, 0.948, 1.000; AtP gave 0.81, 0.37, 0.34, 0.45, 0.81)
+REGION_FLOOR = {"organism-qwen2-vl": 0.95, "organism-qwen2-vl-dual": 0.9, "organism-gemma3": 0.9,
+                "organism-qwen2-vl-vision": 0.9, "organism-qwen2-vl-position": 0.95}
 
 
 @functools.cache
@@ -43,9 +49,19 @@ def test_cell_level_estimates_rank_like_exact_patching(name):
     assert np.isnan(cells.extras["exact"].values).sum() == cells.values.size - 96 * out["n_pairs"]
 
 
+@pytest.mark.parametrize("name", sorted(REGION_FLOOR))
+def test_region_level_integrated_gradients_rank_like_exact_patching(name):
+    out = measured(name)
+    stats = out["agreement"]["regions"]
+    assert out["regions"].attrs["method"] == "ig" and out["regions"].attrs["steps"] == 4
+    # object / strip / background at vision_out and every LM slot, all checked (sites x 3 regions).
+    assert stats["n_points"] == 3 * len(out["sites"])
+    assert stats["max_abs_exact"] > 1e-2  # exact effects are not all ~0
+    assert stats["spearman"] >= REGION_FLOOR[name], stats
+
+
 def test_region_level_on_the_emergent_qwen_organism():
     stats = measured("organism-qwen2-vl")["agreement"]["regions"]
-    # object / strip / background at vision_out and every LM slot, all checked (5 sites x 3 regions).
     assert stats["n_points"] == 15
     assert stats["spearman_mean"] >= 0.9, stats
     assert stats["by_site"]["vision_out"]["spearman"] >= 0.9, stats
