@@ -94,7 +94,8 @@ def boot_bridge(vlm):
         bridge.eval()
         return bridge, None
     except Exception as error:  # noqa: BLE001 - any failure means "TL cannot run this model": skip it
-        return None, f"TransformerBridge could not boot {vlm.info.name}: {type(error).__name__}: {error}"
+        text = str(error) if len(str(error)) <= 200 else str(error)[:200] + " …"  # TL lists every architecture
+        return None, f"TransformerBridge could not boot {vlm.info.name}: {type(error).__name__}: {text}"
 
 
 def tl_hook_name(slot: int, n_layers: int) -> str:

@@ -235,7 +235,10 @@ def test_items_are_rendered_per_chunk(qwen, experiment):
     }[experiment]
     run_it(tracker.items)
     assert tracker.built >= 12
-    assert tracker.peak <= 4 + 1  # one chunk, plus the previous chunk's last item while the next renders
+    # One chunk, plus the previous chunk's last item while the next renders; evaluate prepares the next
+    # chunk in a worker during this one's forward (spatial_interp.prefetch), so it holds two chunks.
+    assert tracker.peak <= (2 * 4 if experiment == "evaluate" else 4 + 1)
+    assert tracker.peak < 12  # never every item at once
 
 
 def test_example_chunks_iterates_and_refuses_bad_sizes():
