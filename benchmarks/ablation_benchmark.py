@@ -10,9 +10,10 @@ items). Modes:
 ``--package-root DIR`` runs an older export of the package instead (it has no cache: mode ``per-call``
 only), to measure before and after; logits are saved and compared bit for bit with ``--compare``.
 
-    python benchmarks/ablation_benchmark.py --mode shared --save /tmp/new.pt
-    python benchmarks/ablation_benchmark.py --package-root /tmp/old --save /tmp/old.pt
-    python benchmarks/ablation_benchmark.py --compare /tmp/old.pt /tmp/new.pt
+    python benchmarks/ablation_benchmark.py --mode shared --save runs/ablation-new.pt
+    git worktree add runs/old-tree <older commit>      # the package as it was, for the "before" numbers
+    python benchmarks/ablation_benchmark.py --package-root runs/old-tree --save runs/ablation-old.pt
+    python benchmarks/ablation_benchmark.py --compare runs/ablation-old.pt runs/ablation-new.pt
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                     vlm, chunk, ablation, batch_size=args.batch_size, **extra)
     seconds = time.perf_counter() - start
     n_items = sum(v.shape[0] for v in logits.values())
-    report = {"model": args.model, "mode": args.mode, "package_root": args.package_root, "items": n_items,
+    report = {"model": args.model, "mode": args.mode, "older_package": args.package_root is not None, "items": n_items,
               "seconds": seconds, **counted}
     sys.stdout.write(json.dumps(report) + "\n")
     if args.save:

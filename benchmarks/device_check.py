@@ -166,7 +166,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, step("collect", device, steps) as record:
         store = collect(vlm, items, [si.site.lm_resid(middle)], None, Path(tmp) / "acts",
                         batch_size=args.batch_size, progress=False)
-        record["store"] = repr(store)[:200]
+        record["store"] = {"items": len(store.item_ids()), "sites": [str(x) for x in store.sites]}
     with step("sweep", device, steps) as record:
         slots = sorted({0, middle, layers})
         result = sweep(vlm, pairs, [si.site.lm_resid(s) for s in slots], regions, pairing="swap",

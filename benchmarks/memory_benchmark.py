@@ -6,7 +6,7 @@ a lazy ``ItemSet``, and reports its peak RSS (``ru_maxrss``). Target: ``peak(10N
     python benchmarks/memory_benchmark.py --n 8 --json benchmarks/results/memory_benchmark.json
 
 ``--package-root DIR`` imports ``spatial_interp`` from ``DIR`` instead (e.g. an exported older commit,
-``git archive HEAD spatial_interp | tar -x -C /tmp/old``), to measure before and after.
+``mkdir -p runs/old && git archive HEAD spatial_interp | tar -x -C runs/old``), to measure before and after.
 """
 
 from __future__ import annotations
@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": MODEL, "batch_size": args.batch_size, "target": args.target,
-                                         "package_root": args.package_root, "rows": rows}, indent=1) + "\n")
+        record = {"model": MODEL, "batch_size": args.batch_size, "target": args.target,
+                  "older_package": args.package_root is not None, "rows": rows}
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
     return 0 if ok else 1
 
 

@@ -12,7 +12,7 @@ Work on ``--items`` probing images of one model:
 Each timing is the best of ``--repeat`` runs, one thread.
 
     python benchmarks/vision_depth_benchmark.py --model tiny-qwen2.5-vl --items 8
-    python benchmarks/vision_depth_benchmark.py --model organism-qwen2-vl-vision --json /tmp/vd.json
+    python benchmarks/vision_depth_benchmark.py --model organism-qwen2-vl-vision --json runs/vision_depth_benchmark.json
 """
 
 from __future__ import annotations
