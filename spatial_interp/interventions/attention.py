@@ -317,7 +317,9 @@ def run_attention(
 def _traced(envoy, inputs: dict, remote: bool | str, plan: list) -> tuple[list, list, list, Tensor]:
     """The trace body: attention steps and the engine's stream steps, in forward order (remote-safe)."""
     with torch.no_grad(), envoy.trace(**inputs, remote=remote):
-        # Remote-safe body: only envoy, tensors, plain data and torch from here on.
+        # Remote-safe body: only envoy, tensors, plain data and torch from here on. The stream steps below
+        # repeat engine._traced_forward's edit/read loop on purpose: on NDIF a trace body cannot call this
+        # package's functions (it is not installed there), so each body carries its own copy.
         gathered, flows, devs = [], [], []
         for step in plan:
             if step[0] == "attention":
