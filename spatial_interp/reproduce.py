@@ -15,6 +15,9 @@ attribution            ``attribute`` over every cell × site on criss-cross pair
 route verdicts         :mod:`spatial_interp.mechanism` on this model and on every shipped organism
 =====================  ===========================================================================
 
+The shipped organisms' verdicts depend only on the settings, so they are measured in a background
+process (:mod:`spatial_interp.background`) while the other experiments run.
+
 Example:
     >>> import tempfile, spatial_interp as si
     >>> from spatial_interp.reproduce import PaperConfig, reproduce
@@ -43,6 +46,7 @@ import numpy as np
 
 from . import site as sites
 from .attribution_experiment import AttributionConfig, attribution_map
+from .background import Background, Task
 from .data import pairs as data_pairs
 from .data import tasks as data_tasks
 from .data.tasks import sample_triples
@@ -93,6 +97,8 @@ class PaperConfig:
     batch_size: int = 32
     seed: int = 0
     progress: bool = True
+    background: bool = True
+    """Measure the compared organisms' verdicts in a second process meanwhile (no number changes)."""
     verdict: MechanismConfig | None = dataclasses.field(default_factory=lambda: MECHANISM_SIZES)
     """Sizes of the route verdict (``None`` skips it)."""
     compare_organisms: tuple[str, ...] = ()
@@ -109,7 +115,7 @@ VISION_DEPTH_SIZES = VisionDepthConfig(probe_items=24, blank_items=4, pairs_per_
                                        knockout_items=8)
 """The vision-encoder depth profile at the sizes of tests/organism/test_vision_depth.py."""
 
-NOT_IN_KEY = ("progress",)
+NOT_IN_KEY = ("progress", "background")
 """Settings that do not change any number (left out of the run key)."""
 
 
@@ -276,18 +282,36 @@ def _attribution_outcome(found: dict[str, Any]) -> Outcome:
     return {k: v for k, v in found.items() if k not in ("regions", "cells")}, arrays
 
 
-def route_verdicts(vlm: VLM, cfg: PaperConfig) -> list[dict[str, Any]]:
-    """The mechanism verdict of ``vlm`` and of each organism in ``cfg.compare_organisms`` (loaded here)."""
+def organism_verdict(name: str, cfg: MechanismConfig) -> dict[str, Any]:
+    """The mechanism verdict of the shipped organism ``name`` (a module-level call, for the background worker)."""
     from .models.load import load
 
-    verdict_cfg = dataclasses.replace(cfg.verdict, seed=cfg.seed)
+    return mechanism(load(name), cfg)
+
+
+def _verdict_config(cfg: PaperConfig) -> MechanismConfig:
+    return dataclasses.replace(cfg.verdict, seed=cfg.seed)
+
+
+def route_verdicts(vlm: VLM, cfg: PaperConfig, compared: list[Task[dict[str, Any]]] | None = None
+                   ) -> list[dict[str, Any]]:
+    """The mechanism verdict of ``vlm``, then of each organism in ``cfg.compare_organisms`` (``compared``:
+    their verdicts already submitted, in that order, to a :class:`~spatial_interp.background.Background`)."""
     log.info("route verdict: %s", vlm.info.name)
-    results = [mechanism(vlm, verdict_cfg)]
-    for name in cfg.compare_organisms:
-        if name != vlm.info.name:
-            log.info("route verdict: %s", name)
-            results.append(mechanism(load(name), verdict_cfg))
+    results = [mechanism(vlm, _verdict_config(cfg))]
+    tasks = compared if compared is not None else _submit_compared(vlm, cfg, Background(enabled=False))
+    for name, task in zip(_compared(vlm, cfg), tasks, strict=True):
+        log.info("route verdict: %s", name)
+        results.append(task.result())
     return results
+
+
+def _compared(vlm: VLM, cfg: PaperConfig) -> list[str]:
+    return [name for name in cfg.compare_organisms if name != vlm.info.name]
+
+
+def _submit_compared(vlm: VLM, cfg: PaperConfig, background: Background) -> list[Task[dict[str, Any]]]:
+    return [background.submit(organism_verdict, name, _verdict_config(cfg)) for name in _compared(vlm, cfg)]
 
 
 # --- running them, resumably -------------------------------------------------------------------------------
@@ -355,6 +379,11 @@ STAGE_LABELS = {"behaviour": "Table 1", "probing": "§4 probes", "last_token": "
                 "verdicts": "route verdicts"}
 
 
+def _finished(out: Path, name: str, key: str) -> bool:
+    done = out / name / STAGE_FILE
+    return done.is_file() and json.loads(done.read_text()).get("key") == key
+
+
 def _stage(out: Path, name: str, key: str, compute: Callable[[Path], Outcome]) -> Outcome:
     """The result of experiment ``name``: reused from ``out/name`` when its key matches, else computed
     (an interrupted sweep inside continues from its chunks) and written, result file last."""
@@ -402,7 +431,7 @@ def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None, *, forc
     key = run_key(vlm, cfg)
     check_out_folder(out, key, force=force)
     out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out):
+    with folder_lock(out), Background(enabled=cfg.background) as background:
         if not (out / RUN_FILE).is_file():
             write_json(out / RUN_FILE, key)
             write_json(out / "provenance.json", provenance(vlm, seed=cfg.seed, config=key["parts"]["config"]))
@@ -413,6 +442,12 @@ def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None, *, forc
 
         def stage(name: str, compute: Callable[[Path], Outcome]) -> None:
             results[name], arrays[name] = _stage(out, name, k, compute)
+
+        compared = None
+        if cfg.verdict is not None and _compared(vlm, cfg) and not _finished(out, "verdicts", k):
+            log.info("route verdicts of %s: measuring in %s", ", ".join(_compared(vlm, cfg)),
+                     "a background process meanwhile" if cfg.background else "this process, last")
+            compared = _submit_compared(vlm, cfg, background)
 
         stage("behaviour", lambda folder: _behaviour_stage(vlm, cfg, folder))
         stage("probing", lambda folder: _probing_stage(vlm, cfg, folder))
@@ -429,7 +464,7 @@ def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None, *, forc
             atp_cfg = dataclasses.replace(cfg.attribution, seed=cfg.seed)
             stage("attribution", lambda folder: _attribution_outcome(attribution_map(vlm, atp_cfg)))
         if cfg.verdict is not None:
-            stage("verdicts", lambda folder: ({"models": route_verdicts(vlm, cfg)}, {}))
+            stage("verdicts", lambda folder: ({"models": route_verdicts(vlm, cfg, compared)}, {}))
 
         summary = {"run_key": k, "model": _model_record(vlm), "weights": key["parts"]["weights"],
                    "config": key["parts"]["config"], "experiments": results}

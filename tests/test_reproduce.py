@@ -4,6 +4,7 @@ the numbers (chance-level results on a random model are reported as chance)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -75,6 +76,17 @@ def test_reproduce_runs_on_the_other_architectures(tmp_path, name):
     exp = summary["experiments"]
     assert exp["criss_cross"]["n_pairs"] == 4 and exp["criss_cross_ablated"]["n_pairs"] == 4
     assert exp["probing"]["horizontal"]["n_test_rows"] > 0 and (tmp_path / "report.html").is_file()
+
+
+def test_compared_organisms_measured_in_the_background_equal_the_serial_run(tmp_path):
+    """The panel measured in a spawned worker (one torch thread, as here) is the serial panel, number for number."""
+    verdict = MechanismConfig(items=8, pairs_per_direction=1, filter_pairs=False, probe_items=12, position_items=0)
+    cfg = dataclasses.replace(SMALL, verdict=verdict, compare_organisms=("organism-qwen2-vl-position",))
+    vlm = tiny_model("tiny-qwen2-vl")
+    background = reproduce(vlm, tmp_path / "background", cfg)["experiments"]["verdicts"]
+    serial = reproduce(vlm, tmp_path / "serial", dataclasses.replace(cfg, background=False))["experiments"]["verdicts"]
+    assert [m["numbers"]["model"] for m in background["models"]] == ["tiny-qwen2-vl", "organism-qwen2-vl-position"]
+    assert json.dumps(background, sort_keys=True) == json.dumps(serial, sort_keys=True)
 
 
 def test_rerun_resumes_bit_identically_and_other_settings_are_refused_before_any_work(tmp_path, monkeypatch):

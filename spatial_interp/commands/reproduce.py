@@ -42,6 +42,9 @@ def add_parser(subparsers, common) -> None:
                         help="organisms whose route verdicts are measured beside this model's "
                         "(default: every shipped organism; give none to skip them)")
     parser.add_argument("--no-verdict", action="store_true", help="skip the route verdicts")
+    parser.add_argument("--no-background", action="store_true",
+                        help="measure the compared organisms' verdicts in this process, after the rest (default: "
+                        "in a second process meanwhile)")
     parser.add_argument("--no-attribution", action="store_true",
                         help="skip attribution patching over every cell x site")
     parser.add_argument("--no-vision-depth", action="store_true",
@@ -72,7 +75,7 @@ def config_from(args: argparse.Namespace):
 
     changes["compare_organisms"] = tuple(organism_names() if args.compare is None else args.compare)
     return dataclasses.replace(base, tasks=tuple(args.tasks), filter_pairs=not args.no_filter, seed=args.seed,
-                               progress=not args.no_progress, **changes)
+                               progress=not args.no_progress, background=not args.no_background, **changes)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,34 @@
+"""The background worker: a spawned process whose errors reach the caller and which never outlives its block."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from spatial_interp.background import Background
+
+
+def test_worker_errors_reach_the_caller_and_exit_terminates_it():
+    with Background() as background:
+        assert background.submit(math.sqrt, 16.0).result() == 4.0
+        with pytest.raises(ValueError, match="math domain"):
+            background.submit(math.sqrt, -1.0).result()
+        background.submit(time.sleep, 120)
+        process = background._pool._pool[0]
+        started = time.perf_counter()
+    assert time.perf_counter() - started < 10 and not process.is_alive()
+
+
+def test_disabled_runs_each_task_lazily_in_the_caller_once():
+    calls = []
+
+    def record(x):
+        calls.append(x)
+        return x * 2
+
+    with Background(enabled=False) as background:
+        task = background.submit(record, 3)
+        assert calls == []
+        assert task.result() == 6 and task.result() == 6 and calls == [3]
