@@ -224,7 +224,8 @@ def criss_cross(vlm: VLM, cfg: PaperConfig, out: Path, task: str = "squares", ab
     if ablation is not None:
         regions = {"object": regions["object"]}  # the ablation equalises the background: strips are moot
     return _resumable_sweep(vlm, list(pair_set), _lm_slots(vlm), regions, metrics.answer_probs(vlm.tokenizer),
-                            pairing="swap", ablation=ablation, out=out, progress=cfg.progress, seed=cfg.seed)
+                            pairing="swap", ablation=ablation, out=out, progress=cfg.progress, seed=cfg.seed,
+                            reference_cache=cache)
 
 
 def _sweep_outcome(result: LabelledArray) -> Outcome:

@@ -58,7 +58,7 @@ from ..models.vlm import DEFAULT_SYSTEM, VLM, Batch
 from ..results import LabelledArray, provenance
 from ..site import vision_block
 from .engine import Edit, Read, _build_plan, forward_key, home_device
-from .examples import Example, RegionSpec, as_example, example_chunks, resolve_region
+from .examples import Example, RegionSpec, as_example, prepared_chunks, resolve_region
 from .metrics import Metric, evaluate
 
 log = logging.getLogger(__name__)
@@ -466,8 +466,7 @@ def attention_flow(
     names = [*regions, REST, NON_CELL]
     g = len(names)
     values, counts, ids, worst = [], [], [], 0.0
-    for chunk in example_chunks(items, batch_size):
-        batch = vlm.prepare([e.image for e in chunk], [e.prompt for e in chunk], system=system)
+    for chunk, batch in prepared_chunks(vlm, items, batch_size, system=system):
         out = run_attention(vlm, batch, chunk, knockouts, flow=regions, flow_blocks=blocks, remote=remote)
         groups, _ = flow_groups(vlm, regions, chunk, batch.layouts)
         n = torch.bincount(groups, minlength=g * len(chunk)).view(len(chunk), g).double()
@@ -520,9 +519,8 @@ def knockout(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     knocked, clean, ids, names = [], [], [], None
-    for chunk in example_chunks(items, batch_size):
+    for chunk, batch in prepared_chunks(vlm, items, batch_size, system=system):
         metric = metric if metric is not None else default_metric(vlm, chunk)
-        batch = vlm.prepare([e.image for e in chunk], [e.prompt for e in chunk], system=system)
         base = run_attention(vlm, batch, chunk, remote=remote)
         out = run_attention(vlm, batch, chunk, knockouts, remote=remote)
         values, names = evaluate(metric, out.logits, chunk)

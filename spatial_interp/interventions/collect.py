@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,7 +41,7 @@ from ..progress import progress_bar
 from ..results import LabelledArray, atomic_write, folder_lock, provenance, remove_stale_temps, write_json, write_npz
 from ..site import Site, parse
 from .engine import Read, run
-from .examples import Example, RegionSpec, as_example, resolve_region
+from .examples import Example, RegionSpec, prepared_chunks, resolve_region
 
 STORAGE = MappingProxyType({"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16})
 STORE_FORMAT = "spatial_interp.activation_store/1"
@@ -135,13 +134,8 @@ def _collect_locked(vlm: VLM, items: Iterable[Any], sites: Sequence[Site], regio
     grids: dict[str, list[int]] = {}
     checksums: dict[str, str] = {}
     n_items, n_chunks = 0, 0
-    iterator = iter(items)
     with progress_bar(total=total, desc="collect", unit="item", disable=not progress) as bar:
-        while True:
-            chunk = [as_example(x) for x in itertools.islice(iterator, batch_size)]
-            if not chunk:
-                break
-            batch = vlm.prepare([e.image for e in chunk], [e.prompt for e in chunk], system=system)
+        for chunk, batch in prepared_chunks(vlm, items, batch_size, system=system):
             reads, labels = [], []
             for site in sites:
                 for example, layout in zip(chunk, batch.layouts, strict=True):

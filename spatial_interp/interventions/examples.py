@@ -215,6 +215,22 @@ def example_chunks(items: Iterable[Any], size: int | None) -> Iterator[list[Exam
         yield chunk
 
 
+def prepared_chunks(vlm: Any, items: Iterable[Any], size: int | None, *, system: Any,
+                    prefetch: bool = True) -> Iterator[tuple[list[Example], Any]]:
+    """``(chunk, vlm.prepare(chunk))`` for each :func:`example_chunks` chunk, in order.
+
+    With ``prefetch`` the next chunk is rendered and run through the processor in a worker thread while
+    the caller's forward on this one runs (:mod:`spatial_interp.prefetch`); at most two chunks are alive.
+    """
+    from ..prefetch import prefetched
+
+    def prepare() -> Iterator[tuple[list[Example], Any]]:
+        for chunk in example_chunks(items, size):
+            yield chunk, vlm.prepare([e.image for e in chunk], [e.prompt for e in chunk], system=system)
+
+    yield from prefetched(prepare(), enabled=prefetch)
+
+
 _CLEAN = ("clean",)
 _SOURCE = ("source", "cf", "counterfactual", "corrupt")
 _ANSWERS = ("answers", "prob_strs", "answer_strings")

@@ -44,7 +44,7 @@ from ..geometry import GeometryError, ImageLayout, Region
 from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..results import LabelledArray, provenance
 from ..site import Site, lm_resid, resolve
-from .ablate import Ablation
+from .ablate import Ablation, ReferenceCache
 from .engine import Edit, Read, repeat_batch, run, vision_feature_reads
 from .examples import Example, PatchPair, RegionSpec, Swap, as_pair, pair_name, resolve_region
 from .metrics import Metric, default_metric, evaluate, raw_logits
@@ -133,6 +133,8 @@ class PreparedChunk:
         reuse_prefix: start each LM forward at its lowest patched layer from the clean residual
             instead of recomputing the unpatched layers below it (exact: those layers see no edit).
             Off by default when ``remote`` is set, since it ships whole residual streams.
+        reference_cache: the ablation's reference activations, shared with other calls of the run
+            (each distinct reference is computed once; see :class:`~.ablate.ReferenceCache`).
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class PreparedChunk:
         remote: bool | str = False,
         feed_vision: bool = True,
         reuse_prefix: bool | None = None,
+        reference_cache: ReferenceCache | None = None,
     ) -> None:
         for iv in interventions:
             vlm.check_site(iv.site)
@@ -165,7 +168,8 @@ class PreparedChunk:
 
         if ablation is not None:
             values = ablation.compute(vlm, sources + [p.clean for p in pairs], batch_a.layouts + self.batch.layouts,
-                                      system=system, remote=remote, batch_size=max(len(sources), 1))
+                                      system=system, remote=remote, batch_size=max(len(sources), 1),
+                                      cache=reference_cache)
             source_ablation, self.clean_ablation = values[:len(sources)], values[len(sources):]
 
         # Regions are resolved once per (intervention, pair), on the clean image's grid.
@@ -297,6 +301,7 @@ def patch(
     ablation: Ablation | None = None,
     system: Any = DEFAULT_SYSTEM,
     remote: bool | str = False,
+    reference_cache: ReferenceCache | None = None,
 ) -> LabelledArray:
     """Patch ``site`` × ``region`` from each pair's source run into its clean run.
 
@@ -309,6 +314,7 @@ def patch(
         batch_size: pairs per forward.
         ablation: ablate both runs first (§7.2), at ``ablation.site``.
         remote: ``False``, ``True`` (NDIF) or ``"local"`` (nnsight's serialisation round trip).
+        reference_cache: the ablation's references shared across calls (:class:`~.ablate.ReferenceCache`).
 
     Returns:
         ``(pair, metric)`` array; ``extras["clean"]`` and ``extras["source"]`` hold the unpatched runs.
@@ -322,7 +328,7 @@ def patch(
     check_pairing(pairing)
     intervention = Intervention(site, region, pairing=pairing)
     chunks = [run_chunk(vlm, [as_pair(p) for p in pairs[s:s + batch_size]], [intervention], metric, per_forward=1,
-                        ablation=ablation, system=system, remote=remote)
+                        ablation=ablation, system=system, remote=remote, reference_cache=reference_cache)
               for s in range(0, len(pairs), batch_size)]
     names = chunks[0].names
     coords = {"pair": [pair_name(p) for p in pairs], "metric": names}

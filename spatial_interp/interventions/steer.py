@@ -37,7 +37,7 @@ from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..results import LabelledArray, provenance
 from ..site import Site, lm_resid, resolve
 from .engine import Edit, check_finite, repeat_batch, run, vision_feature_reads
-from .examples import Example, RegionSpec, example_chunks, resolve_region
+from .examples import Example, RegionSpec, example_chunks, prepared_chunks, resolve_region
 from .metrics import Metric, default_metric, evaluate, raw_logits, top1
 from .patch import check_batch_size
 
@@ -158,8 +158,7 @@ def steer_runs(
     total = None if n_items is None else (-(-n_items // per_forward_items)
                                           * (1 + len(direction_sets) * -(-len(steered) // alphas_per_forward)))
     with tqdm(total=total, desc="steer", unit="fwd", disable=not progress, dynamic_ncols=True) as bar:
-        for chunk in example_chunks(items, per_forward_items):
-            batch = vlm.prepare([e.image for e in chunk], [e.prompt for e in chunk], system=system)
+        for chunk, batch in prepared_chunks(vlm, items, per_forward_items, system=system):
             targets = [layout.indices(resolve_region(region, ex, layout), site) if not site.only_last_token
                        else layout.indices(None, site) for ex, layout in zip(chunk, batch.layouts, strict=True)]
             weights = [[_directions_for(d, ex, vlm.d_model) for ex in chunk] for d in direction_sets]

@@ -60,7 +60,7 @@ from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..progress import progress_bar
 from ..results import LabelledArray, folder_lock, provenance, remove_stale_temps, write_json, write_npz
 from ..site import Site, resolve_all
-from .ablate import Ablation
+from .ablate import Ablation, ReferenceCache
 from .examples import RegionSpec, as_pair, pair_name
 from .fingerprint import bytes_digest, content_key, pairs_digest, region_key, weights_key
 from .metrics import Metric, default_metric
@@ -141,6 +141,7 @@ def sweep(
     reuse_prefix: bool | None = None,
     seed: int | None = None,
     force: bool = False,
+    reference_cache: ReferenceCache | None = None,
 ) -> LabelledArray:
     """Patch every (site, region) into every pair; returns a ``(metric, site, region, pair)`` array.
 
@@ -168,6 +169,9 @@ def sweep(
         seed: recorded in the provenance and the fingerprint.
         force: with ``out``, discard whatever the folder holds (chunks, manifest and result, even of this
             very sweep) and start over, instead of resuming or raising :class:`SweepMismatchError`.
+        reference_cache: the ablation's reference activations shared with the run's other calls (e.g.
+            the pair filter under the same ablation), so each distinct reference is computed once;
+            content-keyed, so it is not part of the resume fingerprint.
 
     Returns:
         The patched metric; ``extras["clean"]``/``extras["source"]`` hold ``(metric, pair)`` baselines.
@@ -225,7 +229,7 @@ def sweep(
                     continue
                 prepared = PreparedChunk(vlm, [as_pair(p) for p in chunk], interventions, metric,
                                          per_forward=per_forward, ablation=ablation, system=system, remote=remote,
-                                         reuse_prefix=reuse_prefix)
+                                         reuse_prefix=reuse_prefix, reference_cache=reference_cache)
                 names = prepared.names
                 baselines[c] = (prepared.clean.numpy(), prepared.source.numpy())
                 if store is not None and base is None:

@@ -24,8 +24,8 @@ from spatial_interp.evaluation import PairFilter, answers_correctly, evaluate
 from spatial_interp.interventions.ablate import ReferenceCache, ablate, ablated_logits
 from spatial_interp.interventions.engine import Edit, Read, count_forwards, read_and_stop, run
 from spatial_interp.interventions.examples import as_example, example_chunks
-from spatial_interp.interventions.metrics import raw_logits
-from spatial_interp.interventions.paper import paper_ablation
+from spatial_interp.interventions.metrics import raw_logits, top1
+from spatial_interp.interventions.paper import criss_cross_regions, paper_ablation
 from spatial_interp.interventions.steer import amplification, random_directions, steer, steer_runs
 from tests._models import tiny_model
 
@@ -235,9 +235,10 @@ def test_items_are_rendered_per_chunk(qwen, experiment):
     }[experiment]
     run_it(tracker.items)
     assert tracker.built >= 12
-    # One chunk, plus the previous chunk's last item while the next renders; evaluate prepares the next
-    # chunk in a worker during this one's forward (spatial_interp.prefetch), so it holds two chunks.
-    assert tracker.peak <= (2 * 4 if experiment == "evaluate" else 4 + 1)
+    # One chunk, plus the previous chunk's last item while the next renders; evaluate and steer prepare
+    # the next chunk in a worker during this one's forward (spatial_interp.prefetch): two chunks, plus
+    # that last item.
+    assert tracker.peak <= (2 * 4 + 1 if experiment != "ablate" else 4 + 1)
     assert tracker.peak < 12  # never every item at once
 
 
@@ -300,3 +301,26 @@ def test_pair_filter_forwards_are_minimal_on_a_model_that_answers(tmp_path):
 def test_pair_filter_refuses_bad_batch_size(qwen):
     with pytest.raises(ValueError, match="positive integer"):
         PairFilter(qwen, batch_size=0)
+
+
+def test_sweep_under_the_ablation_reuses_the_filters_references(tmp_path):
+    """§7.2: the pair filter under the ablation computes each image's references; the sweep reuses them all."""
+    vlm = tiny_model("organism-qwen2-vl")
+    task = tasks.task_for("squares", vlm.canvas)
+    ablation = paper_ablation(vlm.canvas)
+    cache = ReferenceCache()
+    keep = answers_correctly(vlm, ablation=ablation, cache=cache, batch_size=8)
+    pairs = list(data_pairs.criss_cross_pairs(task, vlm.canvas, n_per_direction=1, max_attempts=20, keep=keep))
+    assert pairs
+    regions = {"object": criss_cross_regions(vlm)["object"]}
+    sites = [si.site.lm_resid(1), si.site.lm_resid(2)]
+    metric = top1(vlm.tokenizer, 0)
+    misses = cache.misses
+    with count_forwards() as shared:
+        reused = si.sweep(vlm, pairs, sites, regions, metric, pairing="swap", ablation=ablation,
+                          reference_cache=cache, progress=False)
+    with count_forwards() as alone:
+        fresh = si.sweep(vlm, pairs, sites, regions, metric, pairing="swap", ablation=ablation, progress=False)
+    assert cache.misses == misses and shared.stopped == 0 < alone.stopped
+    assert alone.forwards - shared.forwards == alone.stopped
+    np.testing.assert_array_equal(reused.values, fresh.values)
