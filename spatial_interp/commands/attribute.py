@@ -90,5 +90,10 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"  {level}: {stats['n_points']} checked points, Spearman {stats['spearman']:.3f} "
                      f"(pair means {stats['spearman_mean']:.3f}), Pearson {stats['pearson']:.3f}, "
                      f"top-{stats['top_k']} recall {stats['top_k_recall']:.2f}")
+        active = stats.get("active")
+        if active and active["inactive_sites"] and active["sites"]:
+            lines.append(f"    at the sites where exact effects are not all ~0 ({', '.join(active['sites'])}): "
+                         f"Spearman {active['spearman']:.3f}; weakest {active['weakest_site']} "
+                         f"{active['weakest_spearman']:.3f}")
     emit(args, {k: v for k, v in summary.items() if k != "config"} | {"out": str(out_dir)}, lines)
     return 0

@@ -115,9 +115,11 @@ def summary_lines(name: str, summary: dict) -> list[str]:
             f"{name.replace('_', ' ')} {site or 'none'}" for name, site in first.items()))
     if exp.get("attribution", {}).get("agreement"):
         agreement = exp["attribution"]["agreement"]
-        lines.append("attribution vs exact patching (Spearman): " + ", ".join(
-            f"{level} {agreement[level]['spearman']:.2f}" for level in ("regions", "cells")
-            if agreement.get(level) and agreement[level].get("spearman") is not None))
+        lines.append("attribution vs exact patching (Spearman; at sites where exact effects are not all ~0): "
+                     + ", ".join(f"{level} {agreement[level]['spearman']:.2f} "
+                                 f"({agreement[level].get('active', {}).get('spearman', float('nan')):.2f})"
+                                 for level in ("regions", "cells")
+                                 if agreement.get(level) and agreement[level].get("spearman") is not None))
     from ..report.verdicts import matches_planted, route_word
 
     for result in exp.get("verdicts", {}).get("models", []):

@@ -570,6 +570,11 @@ def exact_effects(vlm: VLM, pairs: Sequence[Any], interventions: Sequence[Interv
     return effects
 
 
+ACTIVE_SHARE = 0.01
+"""A site is *active* in :func:`agreement` when some checked exact effect there reaches this share of the
+largest checked exact effect."""
+
+
 def _ranks(x: np.ndarray) -> np.ndarray:
     """Ranks with ties given their average rank (as Spearman's coefficient needs)."""
     order = np.argsort(x, kind="mergesort")
@@ -605,7 +610,12 @@ def agreement(estimate: LabelledArray, exact: LabelledArray, *, top_k: int | Non
       are also among the ``top_k`` largest mean ``|estimate|`` (``top_k`` defaults to a tenth of the points);
     * ``by_site`` / ``by_region``: the entry-level correlations within each site / region;
     * ``max_abs_exact``, ``max_abs_estimate``, ``n_points``, ``n_pairs``: the scale and size of the check
-      (an all-~0 exact effect makes every correlation meaningless; they are NaN when it is exactly 0).
+      (an all-~0 exact effect makes every correlation meaningless; they are NaN when it is exactly 0);
+    * ``active``: the same correlations over the *active* sites only, those where some checked exact
+      effect reaches ``ACTIVE_SHARE`` of the largest one (elsewhere every exact effect is ~0 and a
+      ranking of estimates there measures noise, e.g. image rows at the last LM slot, which no later
+      position reads): ``{"share", "floor", "sites", "inactive_sites", "pearson", "spearman", "n_entries",
+      "weakest_site", "weakest_spearman"}``.
     """
     est = estimate.transpose("metric", "site", "region", "pair").values[0].astype(float)
     ex = exact.transpose("metric", "site", "region", "pair").values[0].astype(float)
@@ -631,13 +641,25 @@ def agreement(estimate: LabelledArray, exact: LabelledArray, *, top_k: int | Non
     if len(regions) <= 16:  # per-cell breakdowns would be one point each
         by_region = {regions[r]: correlations(est[:, r][checked[:, r]], ex[:, r][checked[:, r]])
                      for r in range(len(regions)) if checked[:, r].any()}
+    floor = ACTIVE_SHARE * float(np.abs(x_pts).max())
+    live = [s for s in range(len(sites)) if checked[s].any() and floor > 0 and np.abs(ex[s][checked[s]]).max() >= floor]
+    live_mask = np.zeros_like(checked)
+    live_mask[live] = checked[live]
+    live_stats = correlations(est[live_mask], ex[live_mask]) if live else {"pearson": float("nan"),
+                                                                          "spearman": float("nan"), "n": 0}
+    ranked = [(sites[s], by_site[sites[s]]["spearman"]) for s in live if np.isfinite(by_site[sites[s]]["spearman"])]
+    weakest = min(ranked, key=lambda t: t[1], default=(None, float("nan")))
+    active = {"share": ACTIVE_SHARE, "floor": floor, "sites": [sites[s] for s in live],
+              "inactive_sites": [sites[s] for s in range(len(sites)) if checked[s].any() and s not in live],
+              "pearson": live_stats["pearson"], "spearman": live_stats["spearman"], "n_entries": live_stats["n"],
+              "weakest_site": weakest[0], "weakest_spearman": weakest[1]}
     return {
         "pearson": entries["pearson"], "spearman": entries["spearman"], "n_entries": entries["n"],
         "pearson_mean": means["pearson"], "spearman_mean": means["spearman"],
         "top_k": n_top, "top_k_recall": len(top_exact & top_est) / n_top,
         "n_points": int(len(points)), "n_pairs": int(est.shape[-1]),
         "max_abs_exact": float(np.abs(x_pts).max()), "max_abs_estimate": float(np.abs(e_pts).max()),
-        "by_site": by_site, "by_region": by_region,
+        "by_site": by_site, "by_region": by_region, "active": active,
         "points": [[sites[s], regions[r]] for s, r in points.tolist()],
     }
 
@@ -677,5 +699,5 @@ def validate_attribution(vlm: VLM, pairs: Sequence[Any], result: LabelledArray, 
     return stats
 
 
-__all__ = ["CELLS", "METHODS", "PATHS", "agreement", "attribute", "cell_regions", "correlations", "default_readout",
-           "exact_effects", "validate_attribution"]
+__all__ = ["ACTIVE_SHARE", "CELLS", "METHODS", "PATHS", "agreement", "attribute", "cell_regions", "correlations",
+           "default_readout", "exact_effects", "validate_attribution"]

@@ -96,6 +96,19 @@ def _sentence(stats: dict[str, Any], what: str) -> str:
             f"|estimate| {stats['max_abs_estimate']:.3g}.")
 
 
+def _active_sentence(active: dict[str, Any]) -> str:
+    inactive = ", ".join(active["inactive_sites"])
+    if not active["sites"]:
+        return f"Every checked exact effect is ~0 ({inactive}): there is nothing to rank."
+    weakest = ("" if active["weakest_site"] is None else
+               f"; weakest {active['weakest_site']} ({_fmt(active['weakest_spearman'])})")
+    share = f"{100 * active['share']:g}%"
+    return (f"At {inactive} every checked exact effect is below {active['floor']:.3g} ({share} of the largest), "
+            f"so nothing there can be ranked; over the {len(active['sites'])} sites where patching moves the metric "
+            f"({', '.join(active['sites'])}), Spearman r is {_fmt(active['spearman'])} and Pearson r "
+            f"{_fmt(active['pearson'])} ({active['n_entries']} entries{weakest}).")
+
+
 def attribution_section(result: LabelledArray, regions: LabelledArray | None = None) -> Section:
     """Heat maps (estimate next to exact at the checked points), a scatter, and the agreement in words.
 
@@ -124,6 +137,9 @@ def attribution_section(result: LabelledArray, regions: LabelledArray | None = N
                       key=lambda t: t[1], default=None)
         if weakest is not None:
             parts.append(f"The weakest site is {weakest[0]} (Spearman r {_fmt(weakest[1])}).")
+        active = stats.get("active")
+        if active and active["inactive_sites"]:
+            parts.append(_active_sentence(active))
         rows.append([what, str(stats["n_points"]), str(stats["n_pairs"]), _fmt(stats["spearman"]),
                      _fmt(stats["pearson"]), _fmt(stats["spearman_mean"]),
                      f"{_fmt(stats['top_k_recall'])} (k={stats['top_k']})", _estimator(res)])

@@ -265,6 +265,25 @@ def test_agreement_numbers_on_known_vectors():
     assert np.isnan(correlations(np.ones(4), np.arange(4.0))["spearman"])
 
 
+def test_agreement_over_active_sites_leaves_out_sites_whose_exact_effects_are_all_near_zero():
+    axes = ("metric", "site", "region", "pair")
+    coords = {"site": ["vision_out", "lm_resid.1", "lm_resid.3"], "region": ["x", "y", "z"]}
+    exact = np.array([[8.0, -2.0, 0.5], [1.0, 3.0, -0.3], [0.0, 0.05, -0.0]]).reshape(1, 3, 3, 1)
+    estimate = np.array([[6.0, -1.0, 0.9], [1.5, 2.0, 0.2], [0.01, -0.02, 0.03]]).reshape(1, 3, 3, 1)
+    stats = agreement(LabelledArray(estimate, axes, coords), LabelledArray(exact, axes, coords))
+    active = stats["active"]
+    # lm_resid.3's largest |exact| is 0.05 < 1% of 8: inactive; the other two sites are ranked together.
+    assert active["floor"] == pytest.approx(0.08)
+    assert active["sites"] == ["vision_out", "lm_resid.1"] and active["inactive_sites"] == ["lm_resid.3"]
+    live_est, live_exact = estimate[0, :2].ravel(), exact[0, :2].ravel()
+    assert active["spearman"] == pytest.approx(scipy.stats.spearmanr(live_est, live_exact)[0])
+    assert active["n_entries"] == 6
+    by_site = {s: scipy.stats.spearmanr(estimate[0, i].ravel(), exact[0, i].ravel())[0] for i, s in
+               enumerate(coords["site"][:2])}
+    weakest = min(by_site, key=by_site.get)
+    assert active["weakest_site"] == weakest and active["weakest_spearman"] == pytest.approx(by_site[weakest])
+
+
 # --- bad input ----------------------------------------------------------------------------------------
 def test_bad_inputs_fail_with_clear_messages(vlm):
     pairs = make_pairs(1)
