@@ -2,8 +2,15 @@
 
 Each (experiment, size) runs in a fresh subprocess on tiny-gemma3 (896 px canvas, 16×16 grid), reading
 a lazy ``ItemSet``, and reports its peak RSS (``ru_maxrss``). Target: ``peak(10N) / peak(N) <= 1.2``.
+``sweep`` is the region-patching sweep (``si.sweep``) on N distinct criss-cross pairs (lazily rendered
+``data.pairs.Pair`` objects) over ``[vision_out, lm_resid(1)]`` × the paper's object/strip swaps, with
+``out=`` a temporary folder; its chunks hold ``batch-size // 2`` pairs, two interventions per forward.
 
-    python benchmarks/memory_benchmark.py --n 8 --json benchmarks/results/memory_benchmark.json
+    python benchmarks/memory_benchmark.py --n 24 --json benchmarks/results/memory_benchmark.json
+
+N is three batches (the default 24 at batch 8) so that both sizes hold what a streaming run holds at
+its steadiest: the chunk in the model and the next one, prefetched. With N one batch there is nothing
+to prefetch at N, and the ratio would measure that fixed second chunk, not growth with items.
 
 ``--package-root DIR`` imports ``spatial_interp`` from ``DIR`` instead (e.g. an exported older commit,
 ``mkdir -p runs/old && git archive HEAD spatial_interp | tar -x -C runs/old``), to measure before and after.
@@ -19,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-EXPERIMENTS = ("table1", "collect", "steer", "amplification", "ablate")
+EXPERIMENTS = ("table1", "collect", "steer", "amplification", "ablate", "sweep")
 MODEL = "tiny-gemma3"
 
 
@@ -38,7 +45,15 @@ def child(experiment: str, n: int, batch_size: int) -> dict:
 
     vlm = si.load(MODEL)
     task = tasks.task_for("squares", vlm.canvas)
-    items = tasks.random_layout_items(task, vlm.canvas, n, seed=0)  # lazy: rendered when indexed
+    if experiment == "sweep":
+        from spatial_interp.data.pairs import criss_cross_pairs
+
+        # Distinct (direction, tuple) pairs, ceil(n / 4) per direction, the first n kept; lazy: rendered when read.
+        items = list(criss_cross_pairs(task, vlm.canvas, n_per_direction=-(-n // 4), seed=0, keep=None))[:n]
+        if len(items) != n or len({(p.direction, p.elements) for p in items}) != n:
+            raise RuntimeError(f"could not draw {n} distinct criss-cross pairs")
+    else:
+        items = tasks.random_layout_items(task, vlm.canvas, n, seed=0)  # lazy: rendered when indexed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if experiment == "table1":
@@ -62,6 +77,16 @@ def child(experiment: str, n: int, batch_size: int) -> dict:
         from spatial_interp.interventions.paper import paper_ablation
 
         ablate(vlm, items, paper_ablation(vlm.canvas), batch_size=batch_size)
+    elif experiment == "sweep":
+        from spatial_interp.interventions.metrics import top1
+        from spatial_interp.interventions.paper import criss_cross_regions
+
+        with tempfile.TemporaryDirectory() as out:
+            result = si.sweep(vlm, items, [si.site.vision_out, si.site.lm_resid(1)], criss_cross_regions(vlm),
+                              top1(vlm.tokenizer, 0), pairing="swap", out=Path(out) / "sweep",
+                              pairs_per_chunk=max(1, batch_size // 2), batch_size=batch_size, progress=False)
+        if result.shape != (1, 2, 2, n):
+            raise RuntimeError(f"sweep returned shape {result.shape}, expected (1, 2, 2, {n})")
     else:
         raise ValueError(f"unknown experiment {experiment!r}; choose from {EXPERIMENTS}")
     seconds = time.perf_counter() - start
@@ -84,7 +109,7 @@ def measure(experiment: str, n: int, batch_size: int, package_root: str | None) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=8, help="small size N (the large one is 10·N)")
+    parser.add_argument("--n", type=int, default=24, help="small size N (the large one is 10·N); at least 3 batches")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     parser.add_argument("--package-root", default=None, help="import spatial_interp from this folder")
