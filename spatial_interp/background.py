@@ -4,9 +4,10 @@
 panel needs nothing from the run but its settings, so it goes to a spawned process at the start and is
 collected when the report needs it; on a 2-core machine it costs no wall time beyond the run's own.
 
-The worker process gives torch one thread (with the caller's torch on the other core, more would
-oversubscribe) and is terminated when the ``with`` block exits, so an error or Ctrl-C in the caller
-leaves no process behind. ``enabled=False`` runs each task in the caller, lazily, when its result is
+The worker process gives torch one thread, and while it is alive the caller's torch gives up one of
+its threads (restored when the block exits), so the two processes do not oversubscribe the cores.
+The worker is terminated when the ``with`` block exits, so an error or Ctrl-C in the caller leaves no
+process behind. ``enabled=False`` runs each task in the caller, lazily, when its result is
 asked for: the same calls in the same order, for tests, debugging or machines without ``spawn``.
 
 Example:
@@ -59,6 +60,7 @@ class Background:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._pool: Any = None
+        self._threads: int | None = None
 
     def __enter__(self) -> Background:
         return self
@@ -68,11 +70,21 @@ class Background:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
+        if self._threads is not None:
+            import torch
+
+            torch.set_num_threads(self._threads)
+            self._threads = None
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Task[T]:
         if not self.enabled:
             return Task(call=lambda: fn(*args))
         if self._pool is None:
+            import torch
+
             log.debug("starting a background worker process")
             self._pool = multiprocessing.get_context("spawn").Pool(1, initializer=_one_thread)
+            self._threads = torch.get_num_threads()
+            if self._threads > 1:
+                torch.set_num_threads(self._threads - 1)
         return Task(handle=self._pool.apply_async(fn, args))
