@@ -1,29 +1,59 @@
-"""The background worker: a spawned process whose errors reach the caller and which never outlives its block."""
+"""The background worker: a second process whose errors reach the caller, which never outlives its block,
+shares work with the caller, and works from a script without a ``__main__`` guard."""
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
-from spatial_interp.background import Background
+from spatial_interp.background import Background, WorkerDiedError
 
 
-def test_worker_errors_reach_the_caller_and_exit_terminates_it():
+def _answered_by_worker(task, timeout=60.0):
+    """Wait (without asking for the result, which would run it here) until the worker has answered."""
+    deadline = time.monotonic() + timeout
+    while task.state != "answered":
+        assert time.monotonic() < deadline, f"the worker did not answer within {timeout} s"
+        time.sleep(0.05)
+    return task.result()
+
+
+def test_worker_runs_tasks_raises_their_errors_and_exit_kills_it():
     torch.set_num_threads(2)
+    try:
+        with Background() as background:
+            assert torch.get_num_threads() == 2  # no worker until the first task
+            pid = background.submit(os.getpid)
+            assert torch.get_num_threads() == 1  # the worker has the other core
+            assert _answered_by_worker(pid) != os.getpid()
+            failing = background.submit(math.sqrt, -1.0)
+            with pytest.raises(ValueError, match="math domain"):
+                _answered_by_worker(failing)
+            background.submit(time.sleep, 120)
+            process = background._process
+            started = time.perf_counter()
+        assert time.perf_counter() - started < 10 and process.poll() is not None
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_a_task_the_worker_has_not_started_runs_in_the_caller():
     with Background() as background:
-        assert background.submit(math.sqrt, 16.0).result() == 4.0
-        with pytest.raises(ValueError, match="math domain"):
-            background.submit(math.sqrt, -1.0).result()
-        assert torch.get_num_threads() == 1  # the worker has the other core
-        background.submit(time.sleep, 120)
-        process = background._pool._pool[0]
-        started = time.perf_counter()
-    assert time.perf_counter() - started < 10 and not process.is_alive()
-    assert torch.get_num_threads() == 2
-    torch.set_num_threads(1)
+        busy = background.submit(time.sleep, 3)
+        waiting = background.submit(os.getpid)
+        assert waiting.result() == os.getpid() and waiting.ran_here  # the worker is still sleeping
+        withdrawn = background.submit(os.getpid)
+        assert withdrawn.cancel() and not busy.cancel()
+        with pytest.raises(RuntimeError, match="cancelled"):
+            withdrawn.result()
+        assert busy.result() is None and not busy.ran_here
 
 
 def test_disabled_runs_each_task_lazily_in_the_caller_once():
@@ -37,3 +67,29 @@ def test_disabled_runs_each_task_lazily_in_the_caller_once():
         task = background.submit(record, 3)
         assert calls == []
         assert task.result() == 6 and task.result() == 6 and calls == [3]
+
+
+def test_a_script_without_a_main_guard_gets_its_answers(tmp_path):
+    """multiprocessing's spawn would re-run this script in the child and hang; this worker must not."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("import os, time\n"
+                      "from spatial_interp.background import Background\n"
+                      "with Background() as background:\n"
+                      "    task = background.submit(os.getpid)\n"
+                      "    while task.state != 'answered':\n"
+                      "        time.sleep(0.05)\n"
+                      "    print(task.result() != os.getpid())\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+
+
+def test_a_worker_that_dies_is_an_error_for_its_task_and_the_rest_run_here():
+    with Background() as background:
+        dying = background.submit(os._exit, 3)
+        while dying.state == "pending":
+            time.sleep(0.05)
+        rest = background.submit(math.sqrt, 4.0)
+        with pytest.raises(WorkerDiedError, match="exit code 3"):
+            dying.result()
+        assert rest.result() == 2.0 and rest.ran_here
