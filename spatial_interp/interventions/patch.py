@@ -41,7 +41,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..geometry import GeometryError, ImageLayout, Region
-from ..models.vlm import DEFAULT_SYSTEM, VLM
+from ..models.vlm import DEFAULT_SYSTEM, VLM, Batch
 from ..results import LabelledArray, provenance
 from ..site import Site, lm_resid, resolve
 from .ablate import Ablation, ReferenceCache
@@ -120,6 +120,28 @@ def _unique(examples: Sequence[Example]) -> tuple[list[Example], list[int]]:
     return unique, where
 
 
+@dataclass
+class ChunkInputs:
+    """A chunk's host-side work, done before any forward: pairs converted (data pairs rendered), their
+    distinct source images, and both processor batches. Building it is what
+    :func:`~spatial_interp.prefetch.prefetched` overlaps with the previous chunk's forwards."""
+
+    pairs: list[PatchPair]
+    sources: list[Example]
+    source_at: list[int]
+    batch_a: Batch
+    batch: Batch
+
+
+def chunk_inputs(vlm: VLM, pairs: Sequence[Any], system: Any = DEFAULT_SYSTEM) -> ChunkInputs:
+    """:class:`ChunkInputs` of ``pairs`` (anything :func:`~.examples.as_pair` takes)."""
+    pairs = [as_pair(p) for p in pairs]
+    sources, source_at = _unique([p.source for p in pairs])
+    batch_a = vlm.prepare([e.image for e in sources], [e.prompt for e in sources], system=system)
+    batch = vlm.prepare([p.clean.image for p in pairs], [p.clean.prompt for p in pairs], system=system)
+    return ChunkInputs(pairs, sources, source_at, batch_a, batch)
+
+
 class PreparedChunk:
     """A chunk of pairs after the unpatched forwards; :meth:`run` does one patched forward.
 
@@ -135,6 +157,8 @@ class PreparedChunk:
             Off by default when ``remote`` is set, since it ships whole residual streams.
         reference_cache: the ablation's reference activations, shared with other calls of the run
             (each distinct reference is computed once; see :class:`~.ablate.ReferenceCache`).
+        inputs: the chunk's :func:`chunk_inputs`, if already built (e.g. prefetched); ``pairs`` are then
+            taken from it.
     """
 
     def __init__(
@@ -151,9 +175,12 @@ class PreparedChunk:
         feed_vision: bool = True,
         reuse_prefix: bool | None = None,
         reference_cache: ReferenceCache | None = None,
+        inputs: ChunkInputs | None = None,
     ) -> None:
         for iv in interventions:
             vlm.check_site(iv.site)
+        inputs = inputs if inputs is not None else chunk_inputs(vlm, pairs, system)
+        pairs = inputs.pairs
         self.vlm, self.pairs, self.interventions = vlm, list(pairs), list(interventions)
         self.metric, self.ablation = metric, ablation
         self.system, self.remote = system, remote
@@ -161,9 +188,7 @@ class PreparedChunk:
                               feed_vision=feed_vision)
         self.groups = group_forwards(self.interventions, per_forward, split_sites=reuse)
         n = len(pairs)
-        sources, self.source_at = _unique([p.source for p in pairs])
-        batch_a = vlm.prepare([e.image for e in sources], [e.prompt for e in sources], system=system)
-        self.batch = vlm.prepare([p.clean.image for p in pairs], [p.clean.prompt for p in pairs], system=system)
+        sources, self.source_at, batch_a, self.batch = inputs.sources, inputs.source_at, inputs.batch_a, inputs.batch
         self.source_layouts = [batch_a.layouts[k] for k in self.source_at]
 
         if ablation is not None:

@@ -50,13 +50,14 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..models.vlm import DEFAULT_SYSTEM, VLM
+from ..prefetch import prefetched
 from ..progress import progress_bar
 from ..results import LabelledArray, folder_lock, provenance, remove_stale_temps, write_json, write_npz
 from ..site import Site, resolve_all
@@ -64,7 +65,16 @@ from .ablate import Ablation, ReferenceCache
 from .examples import RegionSpec, as_pair, pair_name
 from .fingerprint import bytes_digest, content_key, pairs_digest, region_key, weights_key
 from .metrics import Metric, default_metric
-from .patch import Intervention, Pairing, PreparedChunk, check_pairing, group_forwards, reuses_prefix
+from .patch import (
+    ChunkInputs,
+    Intervention,
+    Pairing,
+    PreparedChunk,
+    check_pairing,
+    chunk_inputs,
+    group_forwards,
+    reuses_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +152,7 @@ def sweep(
     seed: int | None = None,
     force: bool = False,
     reference_cache: ReferenceCache | None = None,
+    prefetch: bool = True,
 ) -> LabelledArray:
     """Patch every (site, region) into every pair; returns a ``(metric, site, region, pair)`` array.
 
@@ -172,6 +183,8 @@ def sweep(
         reference_cache: the ablation's reference activations shared with the run's other calls (e.g.
             the pair filter under the same ablation), so each distinct reference is computed once;
             content-keyed, so it is not part of the resume fingerprint.
+        prefetch: render and process the next chunk's pairs in a worker thread while this chunk's
+            forwards run (:mod:`spatial_interp.prefetch`; same order, same numbers).
 
     Returns:
         The patched metric; ``extras["clean"]``/``extras["source"]`` hold ``(metric, pair)`` baselines.
@@ -216,20 +229,28 @@ def sweep(
     total = sum(len(groups) + 1 for groups in groups_of)
     with store if store is not None else contextlib.nullcontext():
         bar = progress_bar(total=total, desc="sweep", unit="fwd", disable=not progress)
-        try:
+        def stored_or_inputs() -> Iterator[tuple[int, Any, list[np.ndarray | None], ChunkInputs | None]]:
+            # What each chunk already has on disk, and the host work (rendering, processor) for the rest.
             for c, chunk in enumerate(chunks):
-                groups = groups_of[c]
                 base = store.load_base(c) if store is not None else None
-                blocks = [store.load_block(c, g) if store is not None else None for g in range(len(groups))]
-                if base is not None and all(b is not None for b in blocks):
+                blocks = [store.load_block(c, g) if store is not None else None for g in range(len(groups_of[c]))]
+                done = base is not None and all(b is not None for b in blocks)
+                yield c, base, blocks, None if done else chunk_inputs(vlm, chunk, system)
+
+        try:
+            # The next chunk's inputs are built in a worker thread during this chunk's forwards.
+            for c, base, blocks, inputs in prefetched(stored_or_inputs(), enabled=prefetch):
+                groups = groups_of[c]
+                if inputs is None:
                     baselines[c], names = base[:2], base[2]
                     for g, values in enumerate(blocks):
                         patched[(c, g)] = values
                     bar.update(len(groups) + 1)
                     continue
-                prepared = PreparedChunk(vlm, [as_pair(p) for p in chunk], interventions, metric,
+                prepared = PreparedChunk(vlm, inputs.pairs, interventions, metric, inputs=inputs,
                                          per_forward=per_forward, ablation=ablation, system=system, remote=remote,
                                          reuse_prefix=reuse_prefix, reference_cache=reference_cache)
+                del inputs
                 names = prepared.names
                 baselines[c] = (prepared.clean.numpy(), prepared.source.numpy())
                 if store is not None and base is None:

@@ -109,3 +109,19 @@ def test_each_source_image_runs_once(chat):
     finally:
         handle.remove()
     assert images == [1, 3]  # one distinct source image, then the three clean images
+
+
+def test_prefetched_chunks_give_the_serial_sweep_bit_for_bit(chat, tmp_path):
+    """The next chunk's pairs are rendered and processed in a worker thread; nothing else changes."""
+    vlm, pairs, regions = _setup(chat, n=5)
+    sites = [si.site.vision_out, si.site.lm_resid(1)]
+    serial = sweep(vlm, pairs, sites, regions, pairing="swap", pairs_per_chunk=2, batch_size=4, progress=False,
+                   prefetch=False)
+    overlapped = sweep(vlm, pairs, sites, regions, pairing="swap", pairs_per_chunk=2, batch_size=4,
+                       progress=False, out=tmp_path / "sweep")
+    np.testing.assert_array_equal(serial.values, overlapped.values)
+    np.testing.assert_array_equal(serial.extras["clean"].values, overlapped.extras["clean"].values)
+    # Resumed from its chunks (nothing to prepare), the same again.
+    resumed = sweep(vlm, pairs, sites, regions, pairing="swap", pairs_per_chunk=2, batch_size=4,
+                    progress=False, out=tmp_path / "sweep")
+    np.testing.assert_array_equal(serial.values, resumed.values)
