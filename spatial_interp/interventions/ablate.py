@@ -42,11 +42,11 @@ from PIL import Image
 from torch import Tensor
 
 from ..geometry import Box, GeometryError, Grid, ImageLayout, Region
-from ..models.vlm import DEFAULT_SYSTEM, VLM
+from ..models.vlm import DEFAULT_SYSTEM, VLM, Batch
 from ..results import LabelledArray, provenance
 from ..site import Site, lm_resid, resolve
 from .engine import Edit, Read, read_and_stop, run
-from .examples import Example, example_chunks
+from .examples import Example, example_chunks, prepared_chunks
 
 
 @dataclass(frozen=True)
@@ -329,9 +329,10 @@ def ablate(
     metric = metric if metric is not None else top1(vlm.tokenizer)
     cache = cache if cache is not None else ReferenceCache()
     rows, names, item_names = [], None, []
-    for chunk in example_chunks(items, batch_size):
+    # The next chunk is rendered and processed in a worker during this one's forwards.
+    for chunk, batch in prepared_chunks(vlm, items, batch_size, system=system):
         logits = ablated_logits(vlm, chunk, ablation, system=system, remote=remote, batch_size=batch_size,
-                                cache=cache)
+                                cache=cache, batch=batch)
         values, names = evaluate(metric, logits, chunk)
         rows.append(values)
         item_names += [e.name for e in chunk]
@@ -346,12 +347,18 @@ def ablate(
 
 def ablated_logits(vlm: VLM, items: Iterable[Any], ablation: Ablation, *, system: Any = DEFAULT_SYSTEM,
                    remote: bool | str = False, batch_size: int = 16,
-                   cache: ReferenceCache | None = None) -> Float[Tensor, "batch vocab"]:
-    """Final-position logits of ``items`` under ``ablation`` (one batch; see :func:`ablate` for ``cache``)."""
+                   cache: ReferenceCache | None = None, batch: Batch | None = None) -> Float[Tensor, "batch vocab"]:
+    """Final-position logits of ``items`` under ``ablation`` (one batch; see :func:`ablate` for ``cache``).
+
+    ``batch`` is ``vlm.prepare`` of exactly these items, if already made (e.g. prefetched).
+    """
     examples = [e for chunk in example_chunks(items, None) for e in chunk]
     if not examples:
         raise ValueError("ablated_logits() needs at least one item")
-    batch = vlm.prepare([e.image for e in examples], [e.prompt for e in examples], system=system)
+    if batch is None:
+        batch = vlm.prepare([e.image for e in examples], [e.prompt for e in examples], system=system)
+    elif len(batch.layouts) != len(examples):
+        raise ValueError(f"batch holds {len(batch.layouts)} items but {len(examples)} were given")
     computed = ablation.compute(vlm, examples, batch.layouts, system=system, remote=remote, batch_size=batch_size,
                                 cache=cache)
     features = ablation.vision_features(computed, batch.layouts)
