@@ -4,10 +4,12 @@
 panel needs nothing from the run but its settings, so it goes to a second process at the start and is
 collected when the report needs it; on a 2-core machine it costs no wall time beyond the run's own.
 
-The worker is ``python -m spatial_interp.background``, fed pickled ``(function, arguments)`` tasks on
-its stdin, one at a time in submission order, and answering on its stdout. A task the worker has not
-started when its result is asked for runs in the caller instead, so the two processes share the work
-however long each task takes. It is not a
+The worker is ``python -m spatial_interp.background``, fed tasks on its stdin, one at a time in
+submission order, and answering on its stdout, one JSON line each: a task names a module-level
+function (``"module:qualname"``) and gives JSON arguments, and its result must be JSON too (numpy
+scalars and arrays become numbers and lists); nothing is ever unpickled. A task's result is the same
+JSON round trip wherever it runs. A task the worker has not started when its result is asked for runs
+in the caller instead, so the two processes share the work however long each task takes. It is not a
 ``multiprocessing`` child, so it never re-imports the caller's ``__main__``: a user's script without an
 ``if __name__ == "__main__":`` guard works as it is (with ``spawn`` it would re-run itself in the child
 and leave the task waiting forever). The worker gives torch one thread, and while it is alive the
@@ -27,9 +29,10 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import os
-import pickle
 import subprocess
 import sys
 import threading
@@ -46,6 +49,56 @@ class WorkerDiedError(RuntimeError):
     """The background worker process ended before answering (its own error is on stderr)."""
 
 
+class BackgroundTaskError(RuntimeError):
+    """A task failed in the worker with an error that cannot be rebuilt here (its type and message)."""
+
+
+def _plain(value: Any) -> Any:
+    """JSON's ``default``: numpy numbers and arrays as Python ones; anything else is refused."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"a background task's arguments and result must be JSON (numbers, strings, lists, dicts); "
+                    f"got a {type(value).__name__}")
+
+
+def _round_trip(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=_plain))
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or "<" in qualname or module == "__main__":
+        raise TypeError(f"a background task must be a module-level function of an importable module, got {fn!r}")
+    return f"{module}:{qualname}"
+
+
+def _function(name: str) -> Any:
+    module, _, qualname = name.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _error_record(error: BaseException) -> dict[str, str]:
+    return {"module": type(error).__module__, "type": type(error).__qualname__, "message": str(error)}
+
+
+def _rebuilt(record: dict[str, str]) -> Exception:
+    """The worker's exception as the same type with its message, where that type takes a message alone."""
+    try:
+        kind = _function(f"{record['module']}:{record['type']}")
+        if isinstance(kind, type) and issubclass(kind, Exception):
+            return kind(record["message"])
+    except Exception:  # noqa: BLE001, S110 - any failure to rebuild falls back to the generic error below
+        pass
+    return BackgroundTaskError(f"{record['module']}.{record['type']}: {record['message']}")
+
+
 class Task(Generic[T]):
     """A submitted call. ``result()`` waits for the worker's answer, or, if the worker has not started
     it yet, runs it here (the caller would otherwise sit idle): work goes to whichever process is free."""
@@ -55,6 +108,7 @@ class Task(Generic[T]):
         self.state = "pending" if owner is not None else "local"  # pending, sent, answered, local, cancelled
         self.ran_here = False
         self._done, self._ok, self._value = False, True, None
+        self._line = ""
 
     def cancel(self) -> bool:
         """Withdraw the task if the worker has not started it (then it runs nowhere); whether it was."""
@@ -81,7 +135,7 @@ class Task(Generic[T]):
             raise RuntimeError("this task was cancelled")
         if not self._done:
             self.ran_here = True
-            self._value, self._ok, self._done = self._fn(*self._args), True, True
+            self._value, self._ok, self._done = _round_trip(self._fn(*self._args)), True, True
         if not self._ok:
             raise self._value
         return self._value  # type: ignore[return-value]
@@ -91,7 +145,7 @@ class Task(Generic[T]):
 
 
 class Background:
-    """One worker process for calls whose function (module-level) and arguments pickle."""
+    """One worker process for module-level functions with JSON arguments and results."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -127,9 +181,11 @@ class Background:
             self._threads = None
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Task[T]:
+        line = json.dumps({"function": _name(fn), "args": list(args)}, default=_plain)  # refused here if not JSON
         if not self.enabled:
             return Task(None, fn, args)
         task = Task(self, fn, args)
+        task._line = line
         with self._changed:
             self._pending.append(task)
             self._changed.notify_all()
@@ -165,10 +221,13 @@ class Background:
                 task = self._pending.popleft()
                 task.state = "sent"
             try:
-                pickle.dump((task._fn, task._args), process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                process.stdin.write(task._line.encode() + b"\n")
                 process.stdin.flush()
-                ok, value = pickle.load(process.stdout)
-            except (EOFError, OSError, pickle.UnpicklingError) as error:
+                reply = process.stdout.readline()
+                if not reply:
+                    raise EOFError("no answer")
+                answer = json.loads(reply)
+            except (EOFError, OSError, ValueError) as error:
                 died = WorkerDiedError(f"the background worker process ended (exit code {process.wait()}) "
                                        "before answering; its error is above")
                 died.__cause__ = error
@@ -177,13 +236,14 @@ class Background:
                     self._closed = True  # tasks not yet sent run in the caller
                     self._changed.notify_all()
                 return
+            ok = answer["ok"]
             with self._changed:
-                task._answered(ok, value)
+                task._answered(ok, answer["value"] if ok else _rebuilt(answer["error"]))
                 self._changed.notify_all()
 
 
 def _serve(tasks: BinaryIO, answers: BinaryIO) -> None:
-    """The worker's loop: run each ``(function, arguments)`` read from ``tasks``, write ``(ok, value)``."""
+    """The worker's loop: for each task line read from ``tasks``, one answer line on ``answers``."""
     import torch
 
     torch.set_num_threads(1)
@@ -193,21 +253,13 @@ def _serve(tasks: BinaryIO, answers: BinaryIO) -> None:
         pass
     else:
         threadpool_limits(1)
-    while True:
+    for line in tasks:
         try:
-            fn, args = pickle.load(tasks)
-        except EOFError:
-            return
-        try:
-            answer = (True, fn(*args))
+            task = json.loads(line)
+            data = json.dumps({"ok": True, "value": _function(task["function"])(*task["args"])}, default=_plain)
         except Exception as error:  # noqa: BLE001 - every task error goes back to the caller, raised there
-            answer = (False, error)
-        try:
-            data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as error:  # noqa: BLE001 - an unpicklable value or error is reported by name
-            data = pickle.dumps((False, RuntimeError(f"{getattr(fn, '__name__', fn)}: its result does not "
-                                                     f"pickle: {type(error).__name__}: {error}")))
-        answers.write(data)
+            data = json.dumps({"ok": False, "error": _error_record(error)})
+        answers.write(data.encode() + b"\n")
         answers.flush()
 
 

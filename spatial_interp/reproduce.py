@@ -283,11 +283,12 @@ def _attribution_outcome(found: dict[str, Any]) -> Outcome:
     return {k: v for k, v in found.items() if k not in ("regions", "cells")}, arrays
 
 
-def organism_verdict(name: str, cfg: MechanismConfig) -> dict[str, Any]:
-    """The mechanism verdict of the shipped organism ``name`` (a module-level call, for the background worker)."""
+def organism_verdict(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The mechanism verdict of the shipped organism ``name`` at the :class:`MechanismConfig` fields ``cfg``
+    (module-level, with JSON arguments, for the background worker)."""
     from .models.load import load
 
-    return mechanism(load(name), cfg)
+    return mechanism(load(name), MechanismConfig(**cfg))
 
 
 def _verdict_config(cfg: PaperConfig) -> MechanismConfig:
@@ -312,7 +313,8 @@ def _compared(vlm: VLM, cfg: PaperConfig) -> list[str]:
 
 
 def _submit_compared(vlm: VLM, cfg: PaperConfig, background: Background) -> list[Task[dict[str, Any]]]:
-    return [background.submit(organism_verdict, name, _verdict_config(cfg)) for name in _compared(vlm, cfg)]
+    fields = dataclasses.asdict(_verdict_config(cfg))
+    return [background.submit(organism_verdict, name, fields) for name in _compared(vlm, cfg)]
 
 
 # --- running them, resumably -------------------------------------------------------------------------------

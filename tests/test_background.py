@@ -56,17 +56,20 @@ def test_a_task_the_worker_has_not_started_runs_in_the_caller():
         assert busy.result() is None and not busy.ran_here
 
 
+CALLS: list[int] = []
+
+
+def _record(x):
+    CALLS.append(x)
+    return x * 2
+
+
 def test_disabled_runs_each_task_lazily_in_the_caller_once():
-    calls = []
-
-    def record(x):
-        calls.append(x)
-        return x * 2
-
+    CALLS.clear()
     with Background(enabled=False) as background:
-        task = background.submit(record, 3)
-        assert calls == []
-        assert task.result() == 6 and task.result() == 6 and calls == [3]
+        task = background.submit(_record, 3)
+        assert CALLS == []
+        assert task.result() == 6 and task.result() == 6 and CALLS == [3]
 
 
 def test_a_script_without_a_main_guard_gets_its_answers(tmp_path):
@@ -93,3 +96,21 @@ def test_a_worker_that_dies_is_an_error_for_its_task_and_the_rest_run_here():
         with pytest.raises(WorkerDiedError, match="exit code 3"):
             dying.result()
         assert rest.result() == 2.0 and rest.ran_here
+
+
+def test_tasks_are_json_both_ways_and_anything_else_is_refused_at_submit():
+    import numpy as np
+
+    with Background(enabled=False) as background:
+        with pytest.raises(TypeError, match="must be JSON"):
+            background.submit(math.sqrt, object())
+        with pytest.raises(TypeError, match="module-level function"):
+            background.submit(lambda: 1)
+        # The result is the JSON round trip wherever the task runs: tuples become lists, numpy numbers floats.
+        assert background.submit(divmod, 7, 2).result() == [3, 1]
+        assert background.submit(np.float32, 0.5).result() == 0.5
+    with Background() as background:
+        assert _answered_by_worker(background.submit(divmod, 7, 2)) == [3, 1]
+        unknown = background.submit(np.float32, "not a number")
+        with pytest.raises(ValueError, match="not a number"):
+            _answered_by_worker(unknown)
