@@ -73,7 +73,7 @@ from ..site import Site, resolve_all
 from .engine import Edit, Read, repeat_batch, run, run_gradients
 from .examples import PatchPair, RegionSpec, as_pair, pair_name, resolve_region
 from .metrics import MetricError, TokenReadout, _answers, answer_log_odds, evaluate
-from .patch import Intervention, Pairing, _unique, check_batch_size, patch_indices, run_chunk
+from .patch import Intervention, Pairing, check_batch_size, chunk_inputs, patch_indices, run_chunk
 from .sweep import _Store, plan_interventions, sweep_identity
 
 log = logging.getLogger(__name__)
@@ -362,9 +362,8 @@ def _attribute_chunk(vlm: VLM, pairs: list[PatchPair], interventions: Sequence[I
                      ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, list[str]]]:
     """Estimates ``(site, region, pair)`` of one chunk, and its ``(clean, source, names)`` baselines."""
     n = len(pairs)
-    sources, source_at = _unique([p.source for p in pairs])
-    batch_s = vlm.prepare([e.image for e in sources], [e.prompt for e in sources], system=system)
-    batch = vlm.prepare([p.clean.image for p in pairs], [p.clean.prompt for p in pairs], system=system)
+    inputs = chunk_inputs(vlm, pairs, system)
+    source_at, batch_s, batch = inputs.source_at, inputs.batch_a, inputs.batch
     source_layouts = [batch_s.layouts[k] for k in source_at]
     resolved = {iv.name: [resolve_region(iv.region, pair, batch.layouts[j]) for j, pair in enumerate(pairs)]
                 for iv in interventions[:n_regions]}
@@ -444,9 +443,8 @@ def _ig_chunk(vlm: VLM, pairs: list[PatchPair], interventions: Sequence[Interven
     """Integrated-gradient estimates ``(site, region, pair)`` of one chunk, its baselines, and the number of
     forward-backwards run (each over ``steps`` copies of the chunk)."""
     n = len(pairs)
-    sources, source_at = _unique([p.source for p in pairs])
-    batch_s = vlm.prepare([e.image for e in sources], [e.prompt for e in sources], system=system)
-    batch = vlm.prepare([p.clean.image for p in pairs], [p.clean.prompt for p in pairs], system=system)
+    inputs = chunk_inputs(vlm, pairs, system)
+    source_at, batch_s, batch = inputs.source_at, inputs.batch_a, inputs.batch
     source_layouts = [batch_s.layouts[k] for k in source_at]
     resolved = {iv.name: [resolve_region(iv.region, pair, batch.layouts[j]) for j, pair in enumerate(pairs)]
                 for iv in interventions[:n_regions]}
