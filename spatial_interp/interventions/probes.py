@@ -5,7 +5,8 @@
 skips the row, e.g. background cells), so the same store serves horizontal and vertical probes.
 Items, not rows, are split into train and test (no image contributes to both). Methods:
 
-* ``"logreg"`` (default): scikit-learn's multinomial logistic regression;
+* ``"logreg"`` (default): scikit-learn's L2-regularised multinomial logistic regression objective
+  (``C``), minimised exactly by Newton's method (:mod:`.logistic`; L-BFGS for very wide sites);
 * ``"adamw"``: the paper's probe — ``W, b ~ N(0, 1)/√D`` from ``seed``, full-batch AdamW
   (lr 1e-3, weight decay 1e-4), 200 epochs, cross-entropy, float32.
 
@@ -36,10 +37,12 @@ from typing import Any
 import numpy as np
 import torch
 from jaxtyping import Float
+from scipy.special import logsumexp
 from torch import Tensor
 
 from ..results import LabelledArray, artifact_paths, atomic_write, write_json
 from .collect import ActivationStore
+from .logistic import fit_logistic
 
 Labels = Callable[[str, int], int | None]
 PROBE_FORMAT = "spatial_interp.probe/1"
@@ -265,16 +268,17 @@ class Probe:
         train = np.isin(groups, train_groups)
         test = np.isin(groups, test_groups)
         if method == "logreg":
-            W, b, loss = _fit_logreg(X[train], y[train], n_classes, C=C, max_iter=max_iter, seed=seed)
+            W, b, loss, solver = _fit_logreg(X[train], y[train], n_classes, C=C, max_iter=max_iter)
         elif method == "adamw":
             W, b, loss = _fit_adamw(X[train], y[train], n_classes, epochs=epochs, lr=lr, weight_decay=weight_decay,
                                     seed=seed)
+            solver = "adamw"
         else:
             raise ValueError(f"unknown probe method {method!r}; use 'logreg' or 'adamw'")
         probe = cls(W, b, classes, None if site is None else str(site), method,
                     [name(g) for g in train_groups], [name(g) for g in test_groups],
                     config={"test_fraction": None if test_items is not None else test_fraction, "seed": seed,
-                            "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "C": C})
+                            "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "C": C, "solver": solver})
         probe.report = probe.evaluate(X[test], y[test])
         probe.report.train_loss = loss
         return probe
@@ -375,29 +379,22 @@ class Probe:
         return probe
 
 
-def _fit_logreg(X: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, max_iter: int,  # noqa: N803
-                seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
-
-    present = np.unique(y)
-    model = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
-    # Probe-sized problems gain nothing from BLAS threads, and beside torch's own threads they fight
-    # for the cores: measured 4x slower §4 probes on 2 cores with OpenBLAS's default threads.
-    with threadpool_limits(limits=1, user_api="blas"):
-        model.fit(X, y)
+def _fit_logreg(X: np.ndarray, y: np.ndarray, n_classes: int, *, C: float,  # noqa: N803
+                max_iter: int) -> tuple[np.ndarray, np.ndarray, float, str]:
+    fit = fit_logistic(X, y, C=C, max_iter=max_iter)
     W = np.zeros((X.shape[1], n_classes), dtype=np.float32)
     b = np.zeros(n_classes, dtype=np.float32)
-    if len(present) == 2 and model.coef_.shape[0] == 1:
-        # Binary scikit-learn keeps one vector; softmax over (0, z) equals its sigmoid.
-        W[:, present[1]] = model.coef_[0]
-        b[present[1]] = model.intercept_[0]
+    if fit.W.shape[1] == 1:
+        # A binary fit keeps one vector; softmax over (0, z) equals its sigmoid.
+        W[:, fit.classes[1]] = fit.W[:, 0]
+        b[fit.classes[1]] = fit.b[0]
     else:
-        W[:, present] = model.coef_.T
-        b[present] = model.intercept_
-    probs = model.predict_proba(X)
-    loss = float(-np.log(probs[np.arange(len(y)), np.searchsorted(model.classes_, y)] + 1e-12).mean())
-    return W, b, loss
+        W[:, fit.classes] = fit.W
+        b[fit.classes] = fit.b
+    logits = np.asarray(X, np.float64) @ W[:, fit.classes] + b[fit.classes]
+    picked = logits[np.arange(len(y)), np.searchsorted(fit.classes, y)]
+    loss = float(np.mean(logsumexp(logits, axis=1) - picked))
+    return W, b, loss, fit.solver
 
 
 def _fit_adamw(X: np.ndarray, y: np.ndarray, n_classes: int, *, epochs: int, lr: float, weight_decay: float,
