@@ -10,7 +10,8 @@ regions from :mod:`spatial_interp.interventions.paper`, the pair filter of
    estimated by ``cfg.method`` (integrated gradients, 4 steps, by default) and every point checked
    against exact patching;
 3. **cell level**: one region per grid cell (``pairing="same"``) at the same sites, estimated by
-   ``cfg.cell_method`` (AtP by default), ``cell_check`` sampled points checked exactly.
+   ``cfg.cell_method`` (AtP with the first attention layer exact, ``"atp-attn"``, by default),
+   ``cell_check`` sampled points checked exactly.
 
 Example:
     >>> import spatial_interp as si
@@ -69,9 +70,11 @@ class AttributionConfig:
     setting with region-level Spearman >= 0.9 on every shipped organism (README)."""
     path: str = "point"
     """What region-level ``"ig"`` interpolates together (``"point"``: each swap alone, the patch itself)."""
-    cell_method: str = "atp"
-    """Cell-level estimator: single cells are small perturbations, where AtP ranks as well as IG's
-    affordable paths (README)."""
+    cell_method: str = "atp-attn"
+    """Cell-level estimator: AtP with the attention layer that first reads the patched cell exact
+    (its queries, keys, values and softmax; first order elsewhere), 3 forwards per chunk: on the shipped
+    organisms it ranks single-cell effects at active-site Spearman 0.87-0.90 where plain ``"atp"`` gives
+    0.75-0.84 (position organism: 0.67 against 0.58)."""
     cell_steps: int | None = None
     """``steps`` of a cell-level ``"ig"``."""
     cell_path: str = "site"
@@ -101,8 +104,8 @@ def readout(vlm: VLM, name: str) -> metrics.TokenReadout:
 
 
 def _estimator(method: str, steps: int | None, path: str) -> dict[str, Any]:
-    """``attribute`` keywords of one level (AtP takes no steps or path)."""
-    return {"method": method} if method == "atp" else {"method": method, "steps": steps, "path": path}
+    """``attribute`` keywords of one level (AtP and its variants take no steps or path)."""
+    return {"method": method} if method != "ig" else {"method": method, "steps": steps, "path": path}
 
 
 def attribution_map(vlm: VLM, cfg: AttributionConfig | None = None) -> dict[str, Any]:

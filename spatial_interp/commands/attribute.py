@@ -1,7 +1,8 @@
 """``spatial-interp attribute``: attribution patching of every cell × site, checked against exact patching.
 
 On criss-cross pairs of a synthetic task it estimates the patching effect of every grid cell at
-``vision_out`` and every LM slot from one forward-backward per pair (``si.attribute``, AtP), and of the
+``vision_out`` and every LM slot from one forward-backward per pair (``si.attribute``; by default
+``method="atp-attn"``: AtP with the attention layer that first reads the cell exact), and of the
 object / strip / background regions with integrated gradients (4 steps per point: whole-region swaps
 flip the answer, far outside AtP's linear regime); it checks every region point and a sample of cell
 points with exact patching, and writes both arrays, their agreement and an HTML section under ``--out``.
@@ -41,6 +42,9 @@ def add_parser(subparsers, common) -> None:
     parser.add_argument("--region-method", choices=("ig", "atp"), default="ig",
                         help="region-level estimator: ig (integrated gradients, default) or atp (one backward)")
     parser.add_argument("--steps", type=int, default=4, help="interpolation steps of --region-method ig (default 4)")
+    parser.add_argument("--cell-method", choices=("atp-attn", "atp-qk", "atp"), default="atp-attn",
+                        help="cell-level estimator: atp-attn (the attention layer that first reads the cell exact, "
+                             "default), atp-qk (AtP*'s QK fix only) or atp (plain first order)")
     parser.add_argument("--vision-blocks", action="store_true", help="also every vision-encoder block")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per forward-backward (default: 16)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                             pairs_per_direction=args.pairs_per_direction, filter_pairs=not args.no_filter,
                             metric=args.metric, vision_blocks=args.vision_blocks, cell_check=args.cell_check,
                             batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
-                            method=args.region_method, steps=args.steps if args.region_method == "ig" else None)
+                            method=args.region_method, steps=args.steps if args.region_method == "ig" else None,
+                            cell_method=args.cell_method)
     vlm = load_model(args)
     out_dir = args.out or Path("runs") / f"attribute-{model_name(args).replace('/', '_')}-{args.task}"
     result = attribution_map(vlm, cfg)

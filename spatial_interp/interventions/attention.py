@@ -537,5 +537,349 @@ def knockout(
     return result
 
 
-__all__ = ["NON_CELL", "REST", "AttentionError", "AttentionRun", "Knockout", "attention_flow", "attention_path",
-           "check_attention", "flow_groups", "image_rows", "knockout", "knockout_flags", "run_attention"]
+
+# --- the language model's attention (attribution's QK fix) ----------------------------------------
+@dataclass
+class LMAttention:
+    """One decoder layer's attention kernel call over a batch, as the model ran it (float32, CPU)."""
+
+    query: Float[Tensor, "batch heads seq d_head"]
+    """Post-rotary queries (after any q-norm), the kernel's input."""
+    key: Float[Tensor, "batch kv_heads seq d_head"]
+    value: Float[Tensor, "batch kv_heads seq d_head"]
+    mask: Float[Tensor, "batch mask_heads seq seq"]
+    """Additive mask (0 or -inf) with causality and any sliding window folded in, as the kernel applied it."""
+    scaling: float
+    output_grad: Float[Tensor, "batch seq heads d_head"] | None
+    """``∂ metric / ∂`` the kernel's output (per head, before ``o_proj``); None from a forward-only run."""
+    deviation: float
+    """Largest ``|softmax(q kᵀ · scaling + mask) · v − the kernel's output|`` (the recomputation check)."""
+    mid_grad: Float[Tensor, "batch seq d_model"] | None = None
+    """``∂ metric / ∂`` the residual stream between this layer's attention and its MLP (None without a backward)."""
+
+    def heads(self, b: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Batch row ``b``'s ``(q, k, v)``, each ``(heads, seq, d_head)``: grouped keys/values repeated
+        per query head as the kernel does."""
+        q, k, v = self.query[b], self.key[b], self.value[b]
+        if k.shape[0] != q.shape[0]:
+            k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
+            v = v.repeat_interleave(q.shape[0] // v.shape[0], dim=0)
+        return q, k, v
+
+
+def lm_attention_path(vlm: VLM, layer: int) -> str:
+    """Module path of decoder layer ``layer``'s attention (the adapter names it)."""
+    return f"{vlm.adapter.lm_layers}.{layer}.{vlm.adapter.lm_attention}"
+
+
+def check_lm_attention(vlm: VLM, layers: Sequence[int]) -> None:
+    """Refuse LM attention the kernel-call interception cannot recompute exactly: flash kernels (no mask),
+    logit soft-capping, an adapter label that names no operation, bad layer indices."""
+    n = vlm.n_lm_layers
+    bad = [k for k in layers if not 0 <= k < n]
+    if bad:
+        raise AttentionError(f"decoder layers {bad} are out of range for {vlm.info.name}: layers run 0..{n - 1}")
+    text = vlm.adapter.text_config(vlm.config)
+    implementation = getattr(text, "_attn_implementation", None) or ""
+    if implementation not in ("sdpa", "eager"):
+        raise AttentionError(f"the language model runs {implementation!r} attention, whose kernel call takes no "
+                             "additive mask to recompute the pattern from; load the model with "
+                             "attn_implementation='sdpa' or 'eager' for the QK fix")
+    cap = getattr(text, "attn_logit_softcapping", None)
+    if cap is not None:
+        raise AttentionError(f"{vlm.info.name} soft-caps its attention logits (attn_logit_softcapping={cap}); the "
+                             "QK fix recomputes plain softmax(q k^T * scaling + mask) and would not be exact")
+    for k in layers:
+        path = lm_attention_path(vlm, k)
+        names = vlm.envoy.get(path).source.names
+        label = vlm.adapter.lm_attention_call
+        if label not in names:
+            calls = [c for c in names if c.startswith("attention_interface")]
+            raise AttentionError(f"{path} has no operation {label!r} (its attention calls: {calls}); the installed "
+                                 f"transformers' {vlm.arch} attention changed: update lm_attention_call in the "
+                                 "adapter")
+
+
+def _lm_attention_steps(vlm: VLM, layers: Sequence[int]) -> dict[int, tuple[str, str, str]]:
+    check_lm_attention(vlm, layers)
+    return {k: (lm_attention_path(vlm, k), vlm.adapter.lm_attention_call,
+                f"{vlm.adapter.lm_layers}.{k}.{vlm.adapter.lm_mid_residual}") for k in layers}
+
+
+def _additive_mask(vlm: VLM, layer: int, mask: Tensor | None, shape: tuple[int, int, int]) -> Tensor:
+    """The kernel's mask as additive float32 ``(batch, 1|heads, seq, seq)``; ``None`` is the sdpa kernel's
+    causal default (its ``is_causal`` flag; eager always receives a mask)."""
+    b, s, s_k = shape
+    if mask is None:
+        module = vlm.model.get_submodule(lm_attention_path(vlm, layer))
+        allowed = torch.ones(s, s_k, dtype=torch.bool)
+        if getattr(module, "is_causal", True) and s > 1:
+            allowed = torch.tril(allowed, diagonal=s_k - s)
+        mask = allowed[None, None].expand(b, 1, s, s_k)
+    mask = mask.cpu()
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=torch.float32).masked_fill(~mask, float("-inf"))
+    return mask.float()[..., :s_k]
+
+
+def _lm_attention(vlm: VLM, layer: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, out: Tensor,
+                  grad: Tensor | None, mid_grad: Tensor | None = None) -> LMAttention:
+    """Plain CPU float32 tensors of one captured kernel call, checked against its own output."""
+    q, k, v, out = q.float().cpu(), k.float().cpu(), v.float().cpu(), out.float().cpu()
+    scaling = vlm.model.get_submodule(lm_attention_path(vlm, layer)).scaling
+    mask = _additive_mask(vlm, layer, mask, (q.shape[0], q.shape[2], k.shape[2]))
+    found = LMAttention(q, k, v, mask, float(scaling), None if grad is None else grad.float().cpu(), 0.0,
+                        None if mid_grad is None else mid_grad.float().cpu())
+    worst = 0.0
+    for b in range(q.shape[0]):
+        qh, kh, vh = found.heads(b)
+        p = (qh @ kh.transpose(-1, -2) * found.scaling + mask[b]).softmax(-1).nan_to_num(0.0)
+        worst = max(worst, float((p @ vh - out[b].transpose(0, 1)).abs().max()))
+    found.deviation = worst
+    if worst > 10 * _tolerance(vlm.dtype):
+        raise AttentionError(f"the recomputed attention of decoder layer {layer} differs from the model's kernel "
+                             f"output by {worst:.2e}: the kernel call's inputs are not what it attends with; the "
+                             "adapter's lm_attention_call may name the wrong operation")
+    return found
+
+
+def _ordered(vlm: VLM, edits: Sequence[Edit], reads: Sequence[Read], attention: Mapping[int, tuple[str, str]]
+             ) -> tuple[list, list[tuple[int, int, int]]]:
+    """Stream steps (the engine's plan) and attention steps in forward order, and each read's slice."""
+    keyed: dict[tuple, tuple[list, list]] = {}
+    for edit in edits:
+        keyed.setdefault(forward_key(edit.site), ([], []))[0].append(edit)
+    for i, read in enumerate(reads):
+        keyed.setdefault(forward_key(read.site), ([], []))[1].append((i, read))
+    plan, where = [], [(0, 0, 0)] * len(reads)
+    for key in sorted({(2, k, 1) for k in attention} | {(*k, 0) for k in keyed}):
+        if key[2] == 1:
+            plan.append(("attention", *attention[key[1]]))
+            continue
+        step_edits, step_reads = keyed[key[:2]]
+        (stream,), slices = _build_plan(vlm, step_edits, [r for _, r in step_reads])
+        plan.append(("stream", *stream))
+        for (i, _), (_, start, stop) in zip(step_reads, slices, strict=True):
+            where[i] = (len(plan) - 1, start, stop)
+    return plan, where
+
+
+def run_gradients_attention(
+    vlm: VLM,
+    batch: Batch,
+    reads: Sequence[Read],
+    layers: Sequence[int],
+    transform: str,
+    ids: Int[Tensor, "batch k"],
+    coeffs: Float[Tensor, "batch k"],
+    *,
+    remote: bool | str = False,
+) -> tuple[Any, dict[int, LMAttention]]:
+    """:func:`~.engine.run_gradients` (unedited) plus, at decoder ``layers``, the attention kernel call's
+    inputs and ``∂ score / ∂`` its output, from the same forward-backward.
+
+    Returns the engine's ``GradientOutput`` and ``{layer: LMAttention}``. Each layer's recomputed
+    ``softmax · v`` is checked against the kernel's own output (``LMAttention.deviation``).
+
+    Example:
+        >>> import torch, spatial_interp as si
+        >>> from PIL import Image
+        >>> from spatial_interp.interventions.attention import run_gradients_attention
+        >>> from spatial_interp.interventions.engine import Read
+        >>> vlm = si.load("tiny-qwen2-vl")
+        >>> batch = vlm.prepare([Image.new("RGB", (336, 336), "red")], ["The color is "])
+        >>> pos = batch.layouts[0].indices(None, si.site.lm_resid(1))
+        >>> out, attn = run_gradients_attention(vlm, batch, [Read(si.site.lm_resid(1), torch.zeros_like(pos), pos)],
+        ...                                     [1], "logit", torch.tensor([[5]]), torch.tensor([[1.0]]))
+        >>> tuple(attn[1].output_grad.shape)[2:], attn[1].deviation < 1e-5
+        ((4, 16), True)
+    """
+    from .engine import GradientOutput, _note_forward
+
+    if not reads:
+        raise ValueError("run_gradients_attention() needs at least one Read (the activations to differentiate)")
+    if not (isinstance(remote, bool) or remote == "local"):
+        raise ValueError(f"remote must be False, True (NDIF) or 'local', got {remote!r}")
+    if remote is True:
+        from ..models.remote import check_remote
+
+        check_remote(vlm)
+    attention = _lm_attention_steps(vlm, layers)
+    plan, where = _ordered(vlm, [], reads, attention)
+    if plan[0][0] != "stream":
+        raise ValueError("run_gradients_attention() needs a read before the first attention layer it captures")
+    device = home_device(vlm)
+    args = (vlm.envoy, dict(batch.inputs), remote, plan, transform, ids.to(device),
+            coeffs.to(device=device, dtype=torch.float32))
+    _note_forward(batch, vision=True, skipped=0, stopped=False)
+    if remote is False:
+        values, grads, logits, scores = _traced_gradients_attention(*args)
+    else:
+        from ..models.remote import remote_timeout, within_time
+
+        values, grads, logits, scores = within_time(_traced_gradients_attention, args, remote_timeout())
+    out = GradientOutput(logits=logits, scores=scores, reads=[values[s][a:b] for s, a, b in where],
+                         grads=[grads[s][a:b] for s, a, b in where])
+    captured = {}
+    for s, step in enumerate(plan):
+        if step[0] == "attention":
+            layer = next(k for k, v in attention.items() if v[0] == step[1])
+            q, k, v, mask, output, _ = values[s]
+            output_grad, mid_grad = grads[s]
+            captured[layer] = _lm_attention(vlm, layer, q, k, v, mask, output, output_grad, mid_grad)
+    return out, captured
+
+
+def _traced_gradients_attention(envoy, inputs: dict, remote: bool | str, plan: list, transform: str, ids: Tensor,
+                                coeffs: Tensor) -> tuple[list, list, Tensor, Tensor]:
+    # Trace body (remote-safe; the engine's _traced_gradients with attention steps): as there, no comment
+    # and no multi-line statement up to the backward block, whose line nnsight finds by matching the file.
+    with torch.enable_grad(), envoy.trace(**inputs, remote=remote):
+        tensors, indices, values = [], [], []
+        for step in plan:
+            if step[0] == "attention":
+                op = getattr(envoy.get(step[1]).source, step[2])
+                args, kwargs = op.inputs
+                mask = kwargs.get("attention_mask") if "attention_mask" in kwargs or len(args) < 5 else args[4]
+                output = op.output[0]
+                mid = envoy.get(step[3]).input
+                tensors.append([output, mid])
+                indices.append(None)
+                values.append([args[1].detach(), args[2].detach(), args[3].detach(), mask, output.detach(), None])
+                continue
+            _, path, from_input, field, flat, _ops, read_rows, read_positions = step
+            module = envoy.get(path)
+            value = module.input if from_input else module.output
+            if field is not None:
+                value = getattr(value, field)
+            if not tensors and not value.requires_grad:
+                value.requires_grad_(True)
+            here = value.device
+            read_positions = read_positions.to(here)
+            flat_index = torch.unravel_index(read_positions, value.shape[:-1]) if flat else None
+            index = flat_index if flat else (read_rows.to(here), read_positions)
+            tensors.append(value)
+            indices.append(index)
+            values.append(value[index].detach())
+        logits = envoy.output.logits[:, -1]
+        x = logits.float()
+        here = x.device
+        coeffs = coeffs.to(here)
+        ids = ids.to(here)
+        if transform == "log_odds":
+            chosen = x.log_softmax(-1).gather(1, ids)
+            plus = (chosen + coeffs.clamp(min=0).log()).logsumexp(-1)
+            scores = plus - (chosen + (-coeffs).clamp(min=0).log()).logsumexp(-1)
+        else:
+            if transform == "prob":
+                x = x.softmax(-1)
+            elif transform == "logprob":
+                x = x.log_softmax(-1)
+            scores = (x.gather(1, ids) * coeffs).sum(-1)
+        grads = [None] * len(tensors)
+        total = scores.sum()
+        with total.backward():
+            for k in range(len(tensors) - 1, -1, -1):
+                if indices[k] is None:
+                    mid_grad = tensors[k][1].grad.detach()
+                    grads[k] = [tensors[k][0].grad.detach(), mid_grad]
+                else:
+                    grads[k] = tensors[k].grad[indices[k]]
+        logits = logits.detach()
+        scores = scores.detach()
+        nnsight.save(values)
+        nnsight.save(grads)
+        nnsight.save(logits)
+        nnsight.save(scores)
+    return values, grads, logits, scores
+
+
+def lm_attention_rows(
+    vlm: VLM,
+    batch: Batch,
+    edits: Sequence[Edit],
+    rows: Mapping[int, tuple[Int[Tensor, " n"], Int[Tensor, " n"]]],
+    *,
+    remote: bool | str = False,
+) -> dict[int, tuple[Float[Tensor, "n heads d_head"], Float[Tensor, "n kv_heads d_head"],
+                     Float[Tensor, "n kv_heads d_head"]]]:
+    """Post-rotary ``(query, key, value)`` rows of decoder layers' attention kernel calls in one edited forward.
+
+    ``rows[layer] = (batch rows, positions)`` to return at that layer; ``edits`` (``Edit.set``) are
+    applied as in :func:`~.engine.run`. The forward stops after the last layer asked for. A row's query
+    key and value depend only on that row's residual entering the layer (norm, projection, rotary), so an edit
+    that writes a patched row gives exactly the query and key that row has in the patched forward.
+
+    Example:
+        >>> import torch, spatial_interp as si
+        >>> from PIL import Image
+        >>> from spatial_interp.interventions.attention import lm_attention_rows
+        >>> vlm = si.load("tiny-gemma3")
+        >>> batch = vlm.prepare([Image.new("RGB", (896, 896), "red")], ["The color is "])
+        >>> q, k, v = lm_attention_rows(vlm, batch, [], {0: (torch.tensor([0, 0]), torch.tensor([3, 4]))})[0]
+        >>> tuple(q.shape), tuple(k.shape), tuple(v.shape)
+        ((2, 4, 16), (2, 2, 16), (2, 2, 16))
+    """
+    import gc
+
+    from .engine import _note_forward
+
+    if not rows:
+        raise ValueError("lm_attention_rows() needs at least one layer's rows")
+    if not (isinstance(remote, bool) or remote == "local"):
+        raise ValueError(f"remote must be False, True (NDIF) or 'local', got {remote!r}")
+    bad = [e for e in edits if e.kind != "set"]
+    if bad:
+        raise ValueError(f"lm_attention_rows() applies Edit.set edits only, got a {bad[0].kind!r} edit")
+    attention = _lm_attention_steps(vlm, sorted(rows))
+    device = home_device(vlm)
+    plan, _ = _ordered(vlm, edits, [], attention)
+    last = max(i for i, step in enumerate(plan) if step[0] == "attention")
+    plan = [(*step, rows[int(step[1].split(".")[-2])][0].to(device), rows[int(step[1].split(".")[-2])][1].to(device))
+            if step[0] == "attention" else step for step in plan[:last + 1]]
+    _note_forward(batch, vision=True, skipped=0, stopped=True)
+    if remote is False:
+        gathered = _traced_attention_rows(vlm.envoy, dict(batch.inputs), remote, plan)
+    else:
+        from ..models.remote import remote_timeout, within_time
+
+        gathered = within_time(_traced_attention_rows, (vlm.envoy, dict(batch.inputs), remote, plan),
+                               remote_timeout())
+    gc.collect(1)  # nnsight's stop leaves a reference cycle pinning the inputs (see engine.read_and_stop)
+    layers = [int(step[1].split(".")[-2]) for step in plan if step[0] == "attention"]
+    found = [g for g, step in zip(gathered, plan, strict=True) if step[0] == "attention"]
+    return {k: tuple(x.float().cpu() for x in qkv) for k, qkv in zip(layers, found, strict=True)}
+
+
+def _traced_attention_rows(envoy, inputs: dict, remote: bool | str, plan: list) -> list:
+    """Trace body of :func:`lm_attention_rows` (remote-safe): stream edits, attention row reads, stop."""
+    with torch.no_grad(), envoy.trace(**inputs, remote=remote) as tracer:
+        gathered = []
+        for step in plan:
+            if step[0] == "attention":
+                _, path, label, _mid, rows, positions = step
+                args, _kwargs = getattr(envoy.get(path).source, label).inputs
+                q, key, value = args[1], args[2], args[3]
+                here = q.device
+                rows, positions = rows.to(here), positions.to(here)
+                gathered.append([q[rows, :, positions], key[rows, :, positions], value[rows, :, positions]])
+                continue
+            _, path, from_input, field, flat, ops, _read_rows, _read_positions = step
+            module = envoy.get(path)
+            value = module.input if from_input else module.output
+            if field is not None:
+                value = getattr(value, field)
+            here = value.device
+            for _kind, rows, positions, written, _w, _scaled in ops:
+                positions = positions.to(here)
+                index = torch.unravel_index(positions, value.shape[:-1]) if flat else (rows.to(here), positions)
+                value[index] = written.to(here)
+            gathered.append(None)
+        nnsight.save(gathered)
+        tracer.stop()
+    return gathered
+
+
+__all__ = ["NON_CELL", "REST", "AttentionError", "AttentionRun", "Knockout", "LMAttention", "attention_flow",
+           "attention_path", "check_attention", "check_lm_attention", "flow_groups", "image_rows", "knockout",
+           "knockout_flags", "lm_attention_path", "lm_attention_rows", "run_attention", "run_gradients_attention"]

@@ -49,7 +49,7 @@ Example:
     >>> result.axes, result.shape, result.coords["metric"]
     (('metric', 'site', 'region', 'pair'), (1, 2, 2, 2), ['logP(cf answer)-logP(clean answer)'])
     >>> sorted(result.attrs["agreement"])[:3]
-    ['by_region', 'by_site', 'max_abs_estimate']
+    ['active', 'by_region', 'by_site']
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -70,6 +70,7 @@ from ..geometry import Region
 from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..results import LabelledArray, provenance
 from ..site import Site, resolve_all
+from .attention import run_gradients_attention
 from .engine import Edit, Read, repeat_batch, run, run_gradients
 from .examples import PatchPair, RegionSpec, as_pair, pair_name, resolve_region
 from .metrics import MetricError, TokenReadout, _answers, answer_log_odds, evaluate
@@ -82,10 +83,19 @@ CELLS = "cells"
 """``regions="cells"``: one region per grid cell, named ``r{row}c{col}`` (pairing ``"same"``)."""
 
 ESTIMATE = "attribution patching (AtP): sum over patched rows of (source - clean activation) . d metric / d activation"
+QK_ESTIMATE = ("attribution patching with AtP*'s QK fix (atp-qk): AtP, with the query and key paths through the "
+               "attention layer that first reads the patched rows replaced by the exact change in its attention "
+               "probabilities (softmax recomputed with the patched rows' queries and keys) times d metric / d "
+               "probabilities")
+ATTN_ESTIMATE = ("attribution patching with the first attention layer exact (atp-attn): (source - clean) . d metric / "
+                 "d residual past that layer's attention, plus the exact change of that attention layer's output "
+                 "(patched rows' queries, keys and values, softmax recomputed) . d metric / d output")
 IG_ESTIMATE = ("integrated gradients (IG): sum over patched rows of (source - clean activation) . mean of d metric / "
                "d activation at {steps} midpoints of the straight path clean -> patched ({path} path)")
 
-METHODS = ("atp", "ig")
+METHODS = ("atp", "atp-qk", "atp-attn", "ig")
+FIXED_METHODS = ("atp-qk", "atp-attn")
+"""AtP with the attention layer that first reads the patched rows treated exactly (see :func:`attribute`)."""
 PATHS = ("point", "site", "joint")
 """How ``method="ig"`` interpolates (see :func:`attribute`): one (site, region) at a time, each site's
 disjoint regions together, or every site's disjoint regions together."""
@@ -269,6 +279,7 @@ def attribute(
     source = np.zeros(len(pairs), dtype=np.float32)
     names: list[str] = []
     cost = {"forwards": 0, "backwards": 0, "rows": 0}  # of the chunks computed here (not loaded from out)
+    plain_estimates = np.zeros_like(estimates)  # method="atp-qk": the uncorrected AtP estimates beside it
     with store if store is not None else contextlib.nullcontext():
         bar = tqdm(total=len(chunks), desc="attribute", unit="chunk", disable=not progress, dynamic_ncols=True)
         try:
@@ -278,20 +289,31 @@ def attribute(
                 block = store.load_block(c, 0) if store is not None else None
                 if base is None or block is None:
                     chunk_pairs = [as_pair(p) for p in chunk]
+                    extra_rows = 0
                     if method == "atp":
                         values, base = _attribute_chunk(vlm, chunk_pairs, interventions, metric, n_s, n_r,
                                                         system=system, remote=remote)
                         passes = 1
+                    elif method in FIXED_METHODS:
+                        values, base, (plain, extra_rows) = _attribute_chunk(
+                            vlm, chunk_pairs, interventions, metric, n_s, n_r, system=system, remote=remote,
+                            qk_fix=method)
+                        passes = 1
+                        if store is not None:  # before block 0, so a resumable chunk always has both
+                            store.save_block(c, 1, plain)
+                        plain_estimates[:, :, lo:hi] = plain
                     else:
                         values, base, passes = _ig_chunk(vlm, chunk_pairs, interventions, metric, n_s, n_r,
                                                          steps=steps, path=path, system=system, remote=remote)
-                    cost["forwards"] += passes + (1 if method == "atp" else 2)
+                    cost["forwards"] += passes + (2 if method == "ig" else 1) + (extra_rows > 0)
                     cost["backwards"] += passes
-                    cost["rows"] += len(chunk) * (passes * (steps or 1) + (1 if method == "atp" else 2))
+                    cost["rows"] += len(chunk) * (passes * (steps or 1) + (2 if method == "ig" else 1)) + extra_rows
                     if store is not None:
                         store.save_base(c, *base)
                         store.save_block(c, 0, values)
                     block = values
+                elif method in FIXED_METHODS:
+                    plain_estimates[:, :, lo:hi] = store.load_block(c, 1)
                 estimates[:, :, lo:hi] = block
                 clean[lo:hi], source[lo:hi], names = base[0][:, 0], base[1][:, 0], list(base[2])
                 bar.update(1)
@@ -303,6 +325,10 @@ def attribute(
                                  "transform": metric.transform, "method": method}
         if method == "ig":
             attrs.update(estimate=IG_ESTIMATE.format(steps=steps, path=path), steps=steps, path=path)
+        if method in FIXED_METHODS:
+            layers = _qk_layers(vlm, sites)
+            attrs.update(estimate=QK_ESTIMATE if method == "atp-qk" else ATTN_ESTIMATE,
+                         qk_fix={"sites": [str(sites[k]) for k in layers], "layers": [layers[k] for k in layers]})
         attrs["cost"] = cost
         if grid is not None:
             attrs["grid"] = [grid.rows, grid.cols]
@@ -311,6 +337,8 @@ def attribute(
         base_coords = {"metric": names, "pair": pair_names}
         result.extras["clean"] = LabelledArray(clean[None], ("metric", "pair"), base_coords)
         result.extras["source"] = LabelledArray(source[None], ("metric", "pair"), base_coords)
+        if method in FIXED_METHODS:
+            result.extras["atp"] = LabelledArray(plain_estimates[None], result.axes, coords)
         if points:
             exact = exact_effects(vlm, pairs, [interventions[i] for i in points], metric,
                                   batch_size=exact_batch_size, pairs_per_chunk=batch_size, system=system,
@@ -321,6 +349,8 @@ def attribute(
                 full[i // n_r, i % n_r] = exact[row]
             result.extras["exact"] = LabelledArray(full[None], result.axes, coords)
             result.attrs["agreement"] = agreement(result, result.extras["exact"], top_k=top_k)
+            if method in FIXED_METHODS:
+                result.attrs["agreement_atp"] = agreement(result.extras["atp"], result.extras["exact"], top_k=top_k)
             result.attrs["check"] = {"points": len(points), "of": n_points, "seed": check_seed}
         if store is not None:
             result.save(store.root / "result")
@@ -332,7 +362,7 @@ def _check_method(method: Any, steps: Any, path: Any) -> int | None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} ('atp': first-order attribution patching, 'ig': "
                          f"integrated gradients over steps=k points), got {method!r}")
-    if method == "atp":
+    if method in ("atp", *FIXED_METHODS):
         if steps is not None:
             raise ValueError(f"steps={steps!r} is for method='ig' (AtP takes the gradient at the clean run only)")
         return None
@@ -358,9 +388,13 @@ def _check_points(check: int | str, n_points: int, seed: int) -> list[int]:
 
 
 def _attribute_chunk(vlm: VLM, pairs: list[PatchPair], interventions: Sequence[Intervention], metric: TokenReadout,
-                     n_sites: int, n_regions: int, *, system: Any, remote: bool | str
+                     n_sites: int, n_regions: int, *, system: Any, remote: bool | str, qk_fix: str | None = None
                      ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, list[str]]]:
-    """Estimates ``(site, region, pair)`` of one chunk, and its ``(clean, source, names)`` baselines."""
+    """Estimates ``(site, region, pair)`` of one chunk, and its ``(clean, source, names)`` baselines.
+
+    With ``qk_fix`` (``"atp-qk"`` or ``"atp-attn"``, see :func:`attribute`) the estimates at the sites an LM
+    attention layer reads first are corrected (:func:`_qk_fix`), and a third item holds ``(plain AtP
+    estimates, batch rows of the edited forward)``."""
     n = len(pairs)
     inputs = chunk_inputs(vlm, pairs, system)
     source_at, batch_s, batch = inputs.source_at, inputs.batch_a, inputs.batch
@@ -396,7 +430,12 @@ def _attribute_chunk(vlm: VLM, pairs: list[PatchPair], interventions: Sequence[I
     out_s = run(vlm, batch_s, [], reads_s, remote=remote)
     source_values, names = evaluate(metric, out_s.logits[torch.tensor(source_at)], pairs)
     ids, coeffs = metric.weights(pairs)
-    grads = run_gradients(vlm, batch, reads_c, metric.transform, ids, coeffs, remote=remote)
+    fixed = _qk_layers(vlm, [interventions[k * n_regions].site for k in range(n_sites)]) if qk_fix else {}
+    if fixed:
+        grads, attention = run_gradients_attention(vlm, batch, reads_c, sorted(set(fixed.values())),
+                                                   metric.transform, ids, coeffs, remote=remote)
+    else:
+        grads = run_gradients(vlm, batch, reads_c, metric.transform, ids, coeffs, remote=remote)
     clean_values = grads.scores.float().cpu()[:, None]
 
     values = np.zeros((n_sites, n_regions, n), dtype=np.float32)
@@ -408,7 +447,240 @@ def _attribute_chunk(vlm: VLM, pairs: list[PatchPair], interventions: Sequence[I
         contrib = ((a_src[s_inv].float() - a[t_inv].float()) * g[t_inv].float()).sum(-1)
         per_region = torch.zeros(n_regions, device=here).index_add_(0, segment.to(here), contrib)
         values[k, :, j] = per_region.cpu().numpy()
-    return values, (clean_values.numpy(), source_values.numpy(), names)
+    if not qk_fix:
+        return values, (clean_values.numpy(), source_values.numpy(), names)
+    sources = {}
+    for k in fixed:
+        for j in range(n):
+            t_all, s_all = (torch.unique(x) for x in
+                            (torch.cat([rows(interventions[k * n_regions + i], j)[m] for i in range(n_regions)])
+                             for m in (0, 1)))
+            sources[(k, j)] = (t_all, s_all, out_s.reads[k * n + j].float().cpu(), grads.reads[k * n + j].float().cpu())
+    site_rows = {(k, i, j): rows(interventions[k * n_regions + i], j) for k in fixed for i in range(n_regions)
+                 for j in range(n)}
+    site_list = [interventions[k * n_regions].site for k in range(n_sites)]
+    parts, edited_rows = _qk_fix(vlm, batch, site_list, fixed, site_rows, sources, attention, n_regions,
+                                 remote=remote)
+    if qk_fix == "atp-qk":
+        fixed_values = values + parts["softmax"] - parts["linear"]
+    else:
+        fixed_values = values.copy()
+        at = sorted(fixed)
+        fixed_values[at] = (parts["skip"] + parts["softmax"] + parts["value"])[at]
+    return fixed_values, (clean_values.numpy(), source_values.numpy(), names), (values, edited_rows)
+
+
+def _qk_layers(vlm: VLM, sites: Sequence[Site]) -> dict[int, int]:
+    """``{site index: decoder layer}`` of the sites whose patched rows an LM attention layer reads first:
+    ``lm_resid(s)`` is read by layer ``s`` (none after the last layer), ``vision_out`` by layer 0 (its rows
+    are spliced into the LM input); vision blocks first meet the vision tower's attention (not fixed)."""
+    fixed = {}
+    for k, site in enumerate(sites):
+        if site.kind == "vision_out":
+            fixed[k] = 0
+        elif site.kind == "lm_resid" and site.index < vlm.n_lm_layers:
+            fixed[k] = site.index
+    return fixed
+
+
+def _consistent_groups(site_rows: Mapping[tuple[int, int, int], tuple[Tensor, Tensor]], sites: Sequence[int],
+                       n_regions: int, n_pairs: int) -> list[list[int]]:
+    """Regions grouped greedily so that, within a group, no two write different source rows into one target
+    row (at any fixed site and pair): each group's patches can share one edited forward."""
+    groups: list[tuple[list[int], dict]] = []
+    for i in range(n_regions):
+        maps = {(k, j): dict(zip(*(x.tolist() for x in site_rows[(k, i, j)]), strict=True))
+                for k in sites for j in range(n_pairs)}
+        for members, written in groups:
+            if all(written[key].get(t, s) == s for key, m in maps.items() for t, s in m.items()):
+                members.append(i)
+                for key, m in maps.items():
+                    written[key].update(m)
+                break
+        else:
+            groups.append(([i], {key: dict(m) for key, m in maps.items()}))
+    return [members for members, _ in groups]
+
+
+def _qk_fix(vlm: VLM, batch: Any, sites: Sequence[Site], fixed: Mapping[int, int],
+            site_rows: Mapping[tuple[int, int, int], tuple],
+            sources: Mapping[tuple[int, int], tuple[Tensor, Tensor, Tensor]], attention: Mapping[int, Any],
+            n_regions: int, *, remote: bool | str) -> tuple[np.ndarray, int]:
+    """AtP*'s QK fix: per (site, region, pair), the exact-softmax change in attention probabilities of the
+    layer that first reads the patched rows, propagated linearly, minus the linear estimate of that
+    layer's query and key paths (which the plain AtP estimate holds).
+
+    The patched rows' queries and keys come from one edited forward of the clean batch, stopped after
+    the last layer needed: replica ``g · c + r`` writes every region of consistent group ``g`` at once
+    (a row's query and key depend only on its own residual, so writing many rows at once gives each
+    the query and key it has when patched alone), ``r`` separating ``vision_out`` (read by layer 0)
+    from ``lm_resid`` sites. Returns the corrections ``(site, region, pair)`` and the batch rows of the
+    edited forward.
+    """
+    from .attention import lm_attention_rows
+
+    n = len(batch)
+    groups = _consistent_groups(site_rows, sorted(fixed), n_regions, n)
+    classes = sorted({sites[k].kind == "vision_out" for k in fixed})
+    stacked = repeat_batch(vlm, batch, len(groups) * len(classes))
+    shift = sum(lay.grid.n_cells for lay in batch.layouts)
+    edits, reads, slots = [], {}, []
+    for g, members in enumerate(groups):
+        for k, layer in fixed.items():
+            site = sites[k]
+            vision = site.kind == "vision_out"
+            r = g * len(classes) + classes.index(vision)
+            for j in range(n):
+                layout = batch.layouts[j]
+                t_all, s_all, a_src, _ = sources[(k, j)]
+                pieces = [site_rows[(k, i, j)] for i in members]
+                t = torch.cat([p[0] for p in pieces])
+                src = torch.cat([p[1] for p in pieces])
+                t, first = _first_of_each(t)
+                src = src[first]
+                written = a_src[torch.searchsorted(s_all, src)].to(vlm.dtype)
+                if vision:
+                    edits.append(Edit.set(site, None, t + r * shift, written))
+                    cells = torch.searchsorted(layout.vision_out_rows, t)
+                    positions = layout.lm_positions[cells]
+                else:
+                    edits.append(Edit.set(site, torch.full_like(t, layout.batch_index + r * n), t, written))
+                    positions = t
+                start = sum(len(p) for p, _ in reads.get(layer, []))
+                batch_rows = torch.full_like(positions, layout.batch_index + r * n)
+                reads.setdefault(layer, []).append((positions, batch_rows))
+                slots.append((k, j, g, layer, start, t, positions))
+    rows = {layer: (torch.cat([b for _, b in parts]), torch.cat([p for p, _ in parts]))
+            for layer, parts in reads.items()}
+    new = lm_attention_rows(vlm, stacked, edits, rows, remote=remote)
+    parts = {name: np.zeros((len(sites), n_regions, n), dtype=np.float32)
+             for name in ("softmax", "linear", "value", "skip")}
+    for k, j, g, layer, start, t, positions in slots:
+        new_q, new_k, new_v = (x[start:start + len(t)] for x in new[layer])
+        members = groups[g]
+        member_rows = [torch.searchsorted(t, torch.unique(site_rows[(k, i, j)][0])) for i in members]
+        b = batch.layouts[j].batch_index
+        found = attention_change(attention[layer], b, positions, new_q, new_k, new_v, member_rows)
+        for name, value in found.items():
+            parts[name][k, members, j] = value.numpy()
+        # First order past the attention: the patched rows' change times the gradient of the residual
+        # stream after the attention (the skip connection into the MLP and later layers).
+        t_all, s_all, a_src, a_clean = sources[(k, j)]
+        mid = attention[layer].mid_grad[b]
+        for i in members:
+            t_i, s_i = site_rows[(k, i, j)]
+            delta = a_src[torch.searchsorted(s_all, s_i)] - a_clean[torch.searchsorted(t_all, t_i)]
+            parts["skip"][k, i, j] = float((delta * mid[positions[torch.searchsorted(t, t_i)]]).sum())
+    return parts, len(stacked)
+
+
+def _first_of_each(t: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted distinct values of ``t`` and, for each, the index of its first occurrence."""
+    values, inverse = torch.unique(t, return_inverse=True)
+    first = torch.full((len(values),), len(t), dtype=torch.long).scatter_reduce_(
+        0, inverse, torch.arange(len(t)), reduce="amin")
+    return values, first
+
+
+def attention_change(attention: Any, b: int, positions: Int[Tensor, " u"], new_query: Float[Tensor, "u heads d"],
+                     new_key: Float[Tensor, "u kv_heads d"], new_value: Float[Tensor, "u kv_heads d"],
+                     regions: Sequence[Int[Tensor, " n"]]) -> dict[str, Tensor]:
+    """One attention layer's output change, per region patched together, propagated linearly from the output.
+
+    ``positions`` (sorted) are the sequence positions whose residual the patches change; ``new_query`` /
+    ``new_key`` / ``new_value`` those rows' post-rotary queries, keys and values when patched;
+    ``regions[r]`` indexes into ``positions`` the rows region ``r`` patches together. With ``A`` the
+    clean attention probabilities, ``A'`` the exact ones when region ``r``'s rows take their new keys (for
+    every query) and queries (their own rows), ``G[h, q, j] = ∂m/∂o[h, q] · v[h, j]`` (``o`` a head's
+    output before ``o_proj``), returns per region
+
+    * ``"softmax"``: ``Σ (A' − A) · G``, the query and key paths with the softmax exact (AtP*'s QK fix);
+    * ``"linear"``: the same with ``A' − A`` linearised in the query/key change (what AtP's gradient holds
+      of those paths, to first order in the change of queries and keys);
+    * ``"value"``: ``Σ_q Σ_t A'[h, q, t] (v'_t − v_t) · ∂m/∂o[h, q]``, the value path under the new pattern.
+
+    ``softmax + value`` is ``Σ (o' − o) · ∂m/∂o``: the layer's exact output change, first order after it.
+
+    Example:
+        >>> import torch
+        >>> from spatial_interp.interventions.attention import LMAttention
+        >>> from spatial_interp.interventions.attribution import attention_change
+        >>> g = torch.Generator().manual_seed(0)
+        >>> q, k, v = (torch.randn(1, 2, 5, 4, generator=g) for _ in range(3))
+        >>> att = LMAttention(q, k, v, torch.zeros(1, 1, 5, 5), 0.5, torch.randn(1, 5, 2, 4, generator=g), 0.0)
+        >>> rows = [x[0, :, [1, 3]].transpose(0, 1) for x in (q, k, v)]
+        >>> same = attention_change(att, 0, torch.tensor([1, 3]), *rows, [torch.tensor([0]), torch.tensor([0, 1])])
+        >>> sorted(same), bool(max(x.abs().max() for x in same.values()) < 1e-6)  # nothing changed
+        (['linear', 'softmax', 'value'], True)
+    """
+    q, k, v = (x.double() for x in attention.heads(b))
+    heads = q.shape[0]
+    new_q = new_query.double().transpose(0, 1)
+    new_k = new_key.double()
+    if new_k.shape[1] != heads:
+        new_k = new_k.repeat_interleave(heads // new_k.shape[1], dim=1)
+    new_k = new_k.transpose(0, 1)
+    new_v = new_value.double()
+    if new_v.shape[1] != heads:
+        new_v = new_v.repeat_interleave(heads // new_v.shape[1], dim=1)
+    d_v = new_v.transpose(0, 1) - v[:, positions]
+    mask = attention.mask[b].double()
+    scale = attention.scaling
+    grad_out = attention.output_grad[b].double().transpose(0, 1)
+    logits = q @ k.transpose(-1, -2) * scale + mask
+    log_z = logits.logsumexp(-1, keepdim=True)
+    log_z = torch.where(torch.isfinite(log_z), log_z, torch.zeros_like(log_z))
+    probs = (logits - log_z).exp()
+    # ∂m/∂A[h, q, j] (A enters the metric only through o = A v) and ∂m/∂logit (softmax backward).
+    g_a = grad_out @ v.transpose(-1, -2)
+    centred = g_a - (probs * g_a).sum(-1, keepdim=True)
+    g_logit = probs * centred
+    n_r, seq = len(regions), q.shape[1]
+    member = torch.zeros(len(positions), n_r, dtype=torch.float64)
+    for r, idx in enumerate(regions):
+        member[idx, r] = 1.0
+    own_rows = torch.zeros(seq, n_r, dtype=torch.float64)
+    own_rows[positions] = member
+    d_k = new_k - k[:, positions]
+    # Key side, every query outside the region: only the region's key columns move, so the row's new
+    # softmax is its old one renormalised (den) with those columns rescaled.
+    old_cols = probs[:, :, positions]
+    new_cols = (q @ new_k.transpose(-1, -2) * scale + mask[:, :, positions] - log_z).exp()
+    moved = new_cols - old_cols
+    den = 1.0 + moved @ member
+    outside = 1.0 - own_rows
+    exact = ((moved * centred[:, :, positions]) @ member) / den
+    linear = (g_logit[:, :, positions] * (q @ d_k.transpose(-1, -2) * scale)) @ member
+    # The value path: o' − o gains Σ_t A'[q, t] Δv_t, with A'[q, t] = new_cols / den for t in the region.
+    value_dot = grad_out @ d_v.transpose(-1, -2)
+    value_k = ((new_cols * value_dot) @ member) / den
+    key_exact, key_linear = (exact * outside).sum((0, 1)), (linear * outside).sum((0, 1))
+    key_value = (value_k * outside).sum((0, 1))
+    # Query side, the region's own rows: new query against every key, the region's keys new too.
+    inst_r, inst_u = member.t().nonzero(as_tuple=True)
+    at = positions[inst_u]
+    e_inst, e_u = [], []
+    for r, idx in enumerate(regions):
+        mine = (inst_r == r).nonzero().flatten()
+        e_inst.append(mine.repeat_interleave(len(idx)))
+        e_u.append(idx.repeat(len(mine)))
+    e_inst, e_u = torch.cat(e_inst), torch.cat(e_u)
+    q_new = new_q[:, inst_u]
+    row = q_new @ k.transpose(-1, -2) * scale
+    row[:, e_inst, positions[e_u]] = (q_new[:, e_inst] * new_k[:, e_u]).sum(-1) * scale
+    new_probs = (row + mask[:, at]).softmax(-1).nan_to_num(0.0)
+    exact_q = ((new_probs - probs[:, at]) * g_a[:, at]).sum((0, 2))
+    lin = (q_new - q[:, at]) @ k.transpose(-1, -2) * scale
+    lin[:, e_inst, positions[e_u]] += (q[:, at][:, e_inst] * d_k[:, e_u]).sum(-1) * scale
+    linear_q = (g_logit[:, at] * lin).sum((0, 2))
+    value_q = (new_probs[:, e_inst, positions[e_u]] * (grad_out[:, at][:, e_inst] * d_v[:, e_u]).sum(-1)).sum(0)
+
+    def per_region(x: Tensor, index: Tensor) -> Tensor:
+        return torch.zeros(n_r, dtype=torch.float64).index_add_(0, index, x)
+
+    return {"softmax": (key_exact + per_region(exact_q, inst_r)).float(),
+            "linear": (key_linear + per_region(linear_q, inst_r)).float(),
+            "value": (key_value + per_region(value_q, inst_r[e_inst])).float()}
 
 
 def _ig_paths(path: str, n_sites: int, n_regions: int, disjoint: np.ndarray) -> list[list[tuple[int, int]]]:
@@ -697,5 +969,6 @@ def validate_attribution(vlm: VLM, pairs: Sequence[Any], result: LabelledArray, 
     return stats
 
 
-__all__ = ["ACTIVE_SHARE", "CELLS", "METHODS", "PATHS", "agreement", "attribute", "cell_regions", "correlations",
+__all__ = ["ACTIVE_SHARE", "CELLS", "FIXED_METHODS", "METHODS", "PATHS", "agreement", "attention_change", "attribute",
+           "cell_regions", "correlations",
            "default_readout", "exact_effects", "validate_attribution"]

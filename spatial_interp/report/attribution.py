@@ -32,9 +32,15 @@ def _fmt(x: float) -> str:
 
 
 def _estimator(result: LabelledArray) -> str:
-    """``"AtP"`` or ``"IG, k steps (path path)"`` from the result's attrs (AtP when they say nothing)."""
-    if result.attrs.get("method", "atp") == "atp":
+    """``"AtP"`` (or its variants) or ``"IG, k steps (path path)"`` from the result's attrs (AtP when they say
+    nothing)."""
+    method = result.attrs.get("method", "atp")
+    if method == "atp":
         return "AtP"
+    if method == "atp-attn":
+        return "AtP, first attention layer exact"
+    if method == "atp-qk":
+        return "AtP with the QK fix"
     return f"IG, {result.attrs.get('steps')} steps ({result.attrs.get('path')} path)"
 
 
@@ -118,8 +124,13 @@ def attribution_section(result: LabelledArray, regions: LabelledArray | None = N
     metric = result.coords["metric"][0]
     n_pairs, n_sites, n_regions = (len(result.coords[a]) for a in ("pair", "site", "region"))
     unit = "cells" if "grid" in result.attrs else "regions"
-    if result.attrs.get("method", "atp") == "atp":
+    method = result.attrs.get("method", "atp")
+    if method == "atp":
         how = "from one forward-backward and one counterfactual forward per pair"
+    elif method in ("atp-attn", "atp-qk"):
+        how = ("from one forward-backward, one counterfactual forward and one edited forward per pair, with "
+               + ("the attention layer that first reads the patched rows exact (queries, keys, values, softmax)"
+                  if method == "atp-attn" else "the query and key paths of the first attention layer exact"))
     else:
         how = (f"by integrated gradients ({result.attrs.get('steps')} midpoints of the path from clean to patched "
                f"activations, {result.attrs.get('path')} path)")

@@ -5,7 +5,8 @@ patching": criss-cross pairs, 2 per direction, filtered; log-odds metric; 96 sam
 they catch a broken gradient path (which gives correlations near 0) without pinning the noise of an
 8-pair sample. The region level uses the experiment's default estimator, integrated gradients (4
 steps, one swap at a time), because first-order AtP fails on whole-object/strip swaps that flip the
-answer (measured Spearman 0.34-0.81); the cell level uses AtP.
+answer (measured Spearman 0.34-0.81); the cell level uses the experiment's default ``"atp-attn"`` (AtP with
+the attention layer that first reads the cell exact), beside plain AtP from the same call.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from .conftest import load_organism
 
 CFG = AttributionConfig(pairs_per_direction=2, cell_check=96)
 
-# organism: cell-level (AtP) Spearman over checked entries, asserted floor (measured: 0.75, 0.84, 0.88, 0.77, 0.60)
-# (sorted by name below: gemma3, qwen2-vl, dual, position, vision)
-CELL_FLOOR = {"organism-qwen2-vl": 0.6, "organism-qwen2-vl-dual": 0.7, "organism-gemma3": 0.7,
-              "organism-qwen2-vl-vision": 0.65, "organism-qwen2-vl-position": 0.5}
+# organism: cell-level (atp-attn) Spearman over checked entries, asserted floor
+# (measured all / active: 0.88/0.89, 0.89/0.89, 0.94/0.90, 0.88/0.87, 0.76/0.67; plain AtP 0.75/0.75, 0.84/0.83,
+# 0.88/0.81, 0.77/0.75, 0.60/0.58)
+CELL_FLOOR = {"organism-qwen2-vl": 0.8, "organism-qwen2-vl-dual": 0.8, "organism-gemma3": 0.8,
+              "organism-qwen2-vl-vision": 0.8, "organism-qwen2-vl-position": 0.6}
+# ...over the active sites (the target is >= 0.8; the position organism misses it)
+ACTIVE_FLOOR = {"organism-qwen2-vl": 0.8, "organism-qwen2-vl-dual": 0.8, "organism-gemma3": 0.8,
+                "organism-qwen2-vl-vision": 0.8, "organism-qwen2-vl-position": 0.55}
 # organism: region-level (IG, 4 steps, point path) Spearman over all entries, asserted floor
 # (measured: 0.995, 0.960, 0.966, 0.948, 1.000; AtP gave 0.81, 0.37, 0.34, 0.45, 0.81)
 REGION_FLOOR = {"organism-qwen2-vl": 0.95, "organism-qwen2-vl-dual": 0.9, "organism-gemma3": 0.9,
@@ -45,10 +50,14 @@ def test_cell_level_estimates_rank_like_exact_patching(name):
     assert stats["spearman"] >= CELL_FLOOR[name], stats
     assert stats["top_k_recall"] >= 0.5, stats
     # The last slot's image rows reach no later position: it is never an active site; over the active
-    # ones agreement holds too (measured 0.75, 0.84, 0.82, 0.75, 0.58).
+    # ones agreement holds too.
     active = stats["active"]
     assert out["sites"][-1] in active["inactive_sites"] and "vision_out" in active["sites"], active
-    assert active["spearman"] >= CELL_FLOOR[name], active
+    assert active["spearman"] >= ACTIVE_FLOOR[name], active
+    # ...and beats plain AtP's from the same call (same checked points), by a margin under the measured one.
+    plain = out["cells"].attrs["agreement_atp"]["active"]
+    assert out["cells"].attrs["method"] == "atp-attn"
+    assert active["spearman"] >= plain["spearman"] + 0.03, (active, plain)
     # The estimate at every checked point is finite, and unchecked points have no exact value.
     cells = out["cells"]
     assert np.isfinite(cells.values).all()

@@ -74,6 +74,15 @@ class Adapter:
     """Keyword input of the attention module giving packed segment bounds (``cu_seqlens``), if the tower
     runs every image as one sequence split into segments; ``None``: images are batch rows or masked."""
 
+    lm_attention: ClassVar[str] = "self_attn"
+    """Attention module under each decoder layer (``lm_layers.K.<this>``)."""
+    lm_attention_call: ClassVar[str] = "attention_interface_1"
+    """nnsight ``.source`` label of that module's kernel call ``attention_interface(self, q, k, v, mask, ...)``
+    (post-rotary queries, keys and values), where attribution's QK fix reads the attention pattern."""
+    lm_mid_residual: ClassVar[str] = "post_attention_layernorm"
+    """Module under each decoder layer whose input is the residual stream between attention and MLP
+    (the skip connection's sum), where ``method="atp-attn"`` reads the gradient past the attention."""
+
     vision_out_field: ClassVar[str | None] = None
     """Attribute of ``vision_out_module``'s output holding the spliced embeddings (``None``: the output
     itself). Plain data, so code that must run remotely (inside an NDIF trace) can use it."""

@@ -54,6 +54,7 @@ class Gemma3Adapter(Adapter):
     canvas = "gemma3"
     vision_blocks = "model.vision_tower.encoder.layers"
     vision_out_module = "model.multi_modal_projector"
+    lm_mid_residual = "pre_feedforward_layernorm"  # post_attention_layernorm normalises the attention output
     image_token = "<image_soft_token>"
     native_size = (896, 896)
     extra_verify_sizes = ((640, 480),)
