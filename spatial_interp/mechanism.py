@@ -167,13 +167,17 @@ def probes(vlm: VLM, cfg: MechanismConfig, out: Path) -> dict[str, Any]:
             "n_items": len(items), "chance": PAPER_CHANCE}
 
 
-def position_control(vlm: VLM, cfg: MechanismConfig) -> dict[str, Any]:
+def position_control(vlm: VLM, cfg: MechanismConfig, measured: dict[str, Any] | None = None) -> dict[str, Any]:
     """The vision_out slot probe on the fixed layout (a), across shifts of the triple (b), on random
     layouts (c) and a band probe on blank canvases (d), with the position-only baseline and the accuracy
     where position and order disagree (:func:`~spatial_interp.interventions.position_control.order_vs_position`).
+
+    ``measured``: that function's result for these settings, already computed (``reproduce``'s §4 runs
+    the same control), used instead of measuring it again.
     """
-    result = order_vs_position(vlm, cfg.task, sites.vision_out, n_items=cfg.position_items, sub_cell=True,
-                               seed=cfg.seed, shuffled_control=False, heatmaps=False, batch_size=cfg.batch_size)
+    result = measured if measured is not None else order_vs_position(
+        vlm, cfg.task, sites.vision_out, n_items=cfg.position_items, sub_cell=True, seed=cfg.seed,
+        shuffled_control=False, heatmaps=False, batch_size=cfg.batch_size)
     keep = ("accuracy", "chance", "position_baseline", "conflict_accuracy", "n_conflict_rows")
     return {"summary": result["summary"], "shifts": result["shifts"],
             "fixed": {k: result["fixed"].get(k) for k in keep},
@@ -183,8 +187,10 @@ def position_control(vlm: VLM, cfg: MechanismConfig) -> dict[str, Any]:
             "empty": {k: result["empty"].get(k) for k in ("accuracy", "chance")}}
 
 
-def measure(vlm: VLM, cfg: MechanismConfig | None = None, out: str | Path | None = None) -> dict[str, Any]:
-    """Every measurement of the protocol on ``vlm`` (working files under ``out``, else a temporary folder)."""
+def measure(vlm: VLM, cfg: MechanismConfig | None = None, out: str | Path | None = None, *,
+            measured_position_control: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every measurement of the protocol on ``vlm`` (working files under ``out``, else a temporary folder;
+    ``measured_position_control``: see :func:`position_control`)."""
     cfg = cfg or MechanismConfig()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(out) if out is not None else Path(scratch)
@@ -199,7 +205,7 @@ def measure(vlm: VLM, cfg: MechanismConfig | None = None, out: str | Path | None
         numbers["probes"] = probes(vlm, cfg, work / "probe-acts")
         if cfg.position_items:
             log.info("%s: absolute vs relative position control", vlm.info.name)
-            numbers["position_control"] = position_control(vlm, cfg)
+            numbers["position_control"] = position_control(vlm, cfg, measured_position_control)
     return numbers
 
 
@@ -282,8 +288,9 @@ def planted_truth(numbers: dict[str, Any]) -> dict[str, bool] | None:
     return organism.get("planted")
 
 
-def mechanism(vlm: VLM, cfg: MechanismConfig | None = None, out: str | Path | None = None) -> dict[str, Any]:
+def mechanism(vlm: VLM, cfg: MechanismConfig | None = None, out: str | Path | None = None, *,
+              measured_position_control: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`measure` then :func:`verdict`: ``{"numbers": …, "verdict": …, "planted": …}``."""
     cfg = cfg or MechanismConfig()
-    numbers = measure(vlm, cfg, out)
+    numbers = measure(vlm, cfg, out, measured_position_control=measured_position_control)
     return {"numbers": numbers, "verdict": verdict(numbers, cfg), "planted": planted_truth(numbers)}

@@ -141,8 +141,7 @@ def plan(vlm: Any, *, gpu_memory_gib: float | None = None, batch_size: int | Non
                        "note": "the weights alone do not fit" if free <= 0 else
                        f"{HEADROOM:.0%} of the memory, minus the weights, over the per-item peak"}
     batch = batch_size or (out.get("fits", {}).get("batch_size") or PaperConfig().batch_size)
-    cfg = PaperConfig(pairs_per_direction=50, max_attempts=2000, probe_method="adamw", ablation_limit=None) \
-        if paper_sizes else PaperConfig()
+    cfg = PaperConfig.paper_sizes() if paper_sizes else PaperConfig()
     out["reproduce"] = {"paper_sizes": paper_sizes, "batch_size": batch,
                         "config": {k: v for k, v in dataclasses.asdict(cfg).items()
                                    if k in ("tasks", "pairs_per_direction", "amplify_items", "alphas", "eval_limit",

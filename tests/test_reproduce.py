@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+import spatial_interp.mechanism as mechanism_module
 import spatial_interp.reproduce as rp
 from spatial_interp.attribution_experiment import AttributionConfig
 from spatial_interp.cli import main
@@ -87,6 +88,33 @@ def test_compared_organisms_measured_in_the_background_equal_the_serial_run(tmp_
     serial = reproduce(vlm, tmp_path / "serial", dataclasses.replace(cfg, background=False))["experiments"]["verdicts"]
     assert [m["numbers"]["model"] for m in background["models"]] == ["tiny-qwen2-vl", "organism-qwen2-vl-position"]
     assert json.dumps(background, sort_keys=True) == json.dumps(serial, sort_keys=True)
+
+
+def test_the_verdict_reuses_the_position_control_of_section_4_which_equals_measuring_it_again(tmp_path,
+                                                                                               monkeypatch):
+    verdict = MechanismConfig(items=8, pairs_per_direction=1, filter_pairs=False, probe_items=12, position_items=12,
+                              batch_size=SMALL.batch_size)
+    cfg = dataclasses.replace(SMALL, verdict=verdict)
+    vlm = tiny_model("tiny-qwen2-vl")
+    calls = []
+    counted = rp.order_vs_position
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["n_items"])
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(rp, "order_vs_position", counting)
+    monkeypatch.setattr(mechanism_module, "order_vs_position", counting)
+    exp = reproduce(vlm, tmp_path / "shared", cfg)["experiments"]
+    assert calls == [12]  # §4 only: the verdict took §4's measurement
+    reused = exp["verdicts"]["models"][0]["numbers"]["position_control"]
+    fresh = mechanism_module.position_control(vlm, dataclasses.replace(verdict, seed=cfg.seed))
+    assert json.dumps(reused, sort_keys=True) == json.dumps(json.loads(json.dumps(fresh)), sort_keys=True)
+    # Other orderings than §4's: the verdict measures its own.
+    other = dataclasses.replace(cfg, verdict=dataclasses.replace(verdict, position_items=8))
+    calls.clear()
+    reproduce(vlm, tmp_path / "own", other)
+    assert calls == [12, 8]
 
 
 def test_rerun_resumes_bit_identically_and_other_settings_are_refused_before_any_work(tmp_path, monkeypatch):

@@ -2,8 +2,9 @@
 
 Table 1 (behaviour), §4 slot probes and strip maps, §5 last-token patching, §6 criss-cross object/strip
 patching, Table 5 ordering ablation (full grid and capped), §7.2 object swaps under the ablation and
-§8 probe-direction amplification. Defaults are sized for a laptop CPU; ``--paper-sizes`` uses the
-paper's (50 pairs per direction, 2000 draws, the AdamW probe, all items).
+§8 probe-direction amplification. Defaults are sized for a laptop CPU (about 30 s on the shipped
+organism); ``--paper-sizes`` uses the paper's (50 pairs per direction, 2000 draws, the AdamW probe,
+every Table 1 item, 440 amplified items).
 """
 
 from __future__ import annotations
@@ -22,6 +23,21 @@ EXAMPLES = """examples:
 """
 
 
+EVERY_ITEM = "all"
+
+
+def _limit(text: str) -> int | str:
+    if text == EVERY_ITEM:
+        return EVERY_ITEM
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--limit takes a number of items >= 1 or 'all', got {text!r}")
+    return value
+
+
 def add_parser(subparsers, common) -> None:
     parser = subparsers.add_parser(
         "reproduce", parents=[common], help="run all paper experiments and write an HTML report",
@@ -30,12 +46,15 @@ def add_parser(subparsers, common) -> None:
     add_model_argument(parser)
     parser.add_argument("--tasks", nargs="+", default=["squares", "shapes", "objects"],
                         choices=("squares", "shapes", "objects"), help="tasks of Table 1 and Table 5")
-    parser.add_argument("--pairs-per-direction", type=int, default=None, help="pairs per direction (default 12)")
+    parser.add_argument("--pairs-per-direction", type=int, default=None,
+                        help="pairs per direction (default 8; paper 50)")
     parser.add_argument("--no-filter", action="store_true", help="keep pairs the model gets wrong")
     parser.add_argument("--probe-method", choices=("logreg", "adamw"), default=None, help="probe fitting")
     parser.add_argument("--alphas", nargs="+", type=float, default=None, help="amplification α grid (default 0..15)")
-    parser.add_argument("--amplify-items", type=int, default=None, help="items steered in §8 (default 96)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate a seeded sample of N items per task")
+    parser.add_argument("--amplify-items", type=int, default=None,
+                        help="items steered in §8 (default 48; paper 440)")
+    parser.add_argument("--limit", type=_limit, default=None, metavar="N|all",
+                        help="Table 1: a seeded sample of N items per task, or all (default 96; --paper-sizes: all)")
     parser.add_argument("--batch-size", type=int, default=None, help="items per forward (default 32)")
     parser.add_argument("--paper-sizes", action="store_true", help="the paper's sample sizes and AdamW probe")
     parser.add_argument("--compare", nargs="*", default=None, metavar="ORGANISM",
@@ -59,12 +78,13 @@ def add_parser(subparsers, common) -> None:
 def config_from(args: argparse.Namespace):
     from ..reproduce import PaperConfig
 
-    base = PaperConfig(pairs_per_direction=50, max_attempts=2000, probe_method="adamw", ablation_limit=None) \
-        if args.paper_sizes else PaperConfig()
+    base = PaperConfig.paper_sizes() if args.paper_sizes else PaperConfig()
     given = {"pairs_per_direction": args.pairs_per_direction, "probe_method": args.probe_method,
              "alphas": tuple(args.alphas) if args.alphas else None, "amplify_items": args.amplify_items,
              "eval_limit": args.limit, "batch_size": args.batch_size}
     changes = {k: v for k, v in given.items() if v is not None}
+    if changes.get("eval_limit") == EVERY_ITEM:
+        changes["eval_limit"] = None
     if args.no_verdict:
         changes["verdict"] = None
     if args.no_vision_depth:
