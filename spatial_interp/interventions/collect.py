@@ -40,7 +40,7 @@ from ..models.vlm import DEFAULT_SYSTEM, VLM
 from ..progress import progress_bar
 from ..results import LabelledArray, atomic_write, folder_lock, provenance, remove_stale_temps, write_json, write_npz
 from ..site import Site, parse
-from .engine import Read, run
+from .engine import Read, read_and_stop
 from .examples import Example, RegionSpec, prepared_chunks, resolve_region
 
 STORAGE = MappingProxyType({"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16})
@@ -149,10 +149,11 @@ def _collect_locked(vlm: VLM, items: Iterable[Any], sites: Sequence[Site], regio
                     reads.append(Read(site, rows, positions))
                     labels.append(cells)
                     grids[example.name] = [layout.grid.rows, layout.grid.cols]
-            output = run(vlm, batch, reads=reads, remote=remote)
+            # Nothing past the last read is needed (no logits are stored): the forward halts there.
+            read_values = read_and_stop(vlm, batch, reads, remote=remote)
             ids = np.array([e.name for e in chunk])
             for s, site in enumerate(sites):
-                parts = output.reads[s * len(chunk):(s + 1) * len(chunk)]
+                parts = read_values[s * len(chunk):(s + 1) * len(chunk)]
                 cells = labels[s * len(chunk):(s + 1) * len(chunk)]
                 values = torch.cat(parts)
                 widths[str(site)] = int(values.shape[-1])

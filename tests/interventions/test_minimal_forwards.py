@@ -59,6 +59,20 @@ def test_count_forwards_counts_rows_and_nests(qwen):
     assert (inner.forwards, inner.rows, inner.stopped) == (1, 4, 1)
 
 
+def test_collect_halts_each_forward_after_its_last_read_with_the_full_forwards_values(qwen, tmp_path):
+    items = _squares(qwen, 6)[:6]
+    sites = [si.site.vision_out, si.site.lm_resid(1)]
+    with count_forwards() as seen:
+        store = si.collect(qwen, items, sites, out=tmp_path / "acts", batch_size=4, progress=False)
+    assert (seen.forwards, seen.stopped, seen.rows) == (2, 2, 6)  # ceil(6 / 4) chunks, each stopped
+    for site in sites:
+        expected = []
+        for chunk in (items[:4], items[4:]):
+            batch = qwen.prepare([it.image for it in chunk], [it.prompt for it in chunk])
+            expected.append(torch.cat(run(qwen, batch, reads=_image_reads(batch, site)).reads).float().numpy())
+        np.testing.assert_array_equal(store.rows(site)[0], np.concatenate(expected))
+
+
 @pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-gemma3", "tiny-pixtral"])
 def test_read_and_stop_equals_the_full_forward_and_needs_reads(name):
     vlm = tiny_model(name)
