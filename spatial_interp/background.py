@@ -4,20 +4,22 @@
 panel needs nothing from the run but its settings, so it goes to a second process at the start and is
 collected when the report needs it; on a 2-core machine it costs no wall time beyond the run's own.
 
-The worker is ``python -m spatial_interp.background``, fed tasks on its stdin, one at a time in
-submission order, and answering on its stdout, one JSON line each: a task names a module-level
-function (``"module:qualname"``) and gives JSON arguments, and its result must be JSON too (numpy
-scalars and arrays become numbers and lists); nothing is ever unpickled. A task's result is the same
-JSON round trip wherever it runs. A task the worker has not started when its result is asked for runs
-in the caller instead, so the two processes share the work however long each task takes. It is not a
+The worker is a forked copy of this process on Linux (it starts with every module already imported) and
+``python -m spatial_interp.background`` elsewhere; either way it is fed tasks on a pipe, one at a time
+in submission order, and answers on another, one JSON line each: a task names a module-level function
+(``"module:qualname"``) and gives JSON arguments, and its result must be JSON too (numpy scalars and
+arrays become numbers and lists); nothing is ever unpickled. A task's result is the same JSON round trip
+wherever it runs. A task the worker has not started when its result is asked for runs in the caller
+instead, so the two processes share the work however long each task takes. It is not a
 ``multiprocessing`` child, so it never re-imports the caller's ``__main__``: a user's script without an
 ``if __name__ == "__main__":`` guard works as it is (with ``spawn`` it would re-run itself in the child
-and leave the task waiting forever). The worker gives torch one thread, and while it is alive the
-caller's torch gives up one of its threads (restored when the block exits), so the two processes do not
-oversubscribe the cores. It is killed when the ``with`` block exits, so an error or Ctrl-C in the
-caller leaves no process behind; if the worker dies, the task it held raises :class:`WorkerDiedError`
-and the others run in the caller. ``enabled=False`` runs each task in the caller, lazily, when its
-result is asked for: the same calls, for tests and debugging.
+and leave the task waiting forever), and a forked worker never returns into the caller's code. The
+worker gives torch one thread, and while it is alive the caller's torch gives up one of its threads
+(restored when the block exits), so the two processes do not oversubscribe the cores. It is killed when
+the ``with`` block exits, so an error or Ctrl-C in the caller leaves no process behind; if the worker
+dies, the task it held raises :class:`WorkerDiedError` and the others run in the caller.
+``enabled=False`` runs each task in the caller, lazily, when its result is asked for: the same calls,
+for tests and debugging.
 
 Example:
     >>> import operator
@@ -29,10 +31,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -149,7 +153,7 @@ class Background:
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen | _ForkedWorker | None = None
         self._feeder: threading.Thread | None = None
         self._threads: int | None = None
         self._pending: deque[Task[Any]] = deque()
@@ -196,12 +200,16 @@ class Background:
     def _start(self) -> None:
         import torch
 
-        log.debug("starting a background worker process")
-        # The worker imports this very copy of the package (not another one on its default path).
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        self._process = subprocess.Popen([sys.executable, "-m", "spatial_interp.background"],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        if FORK:
+            log.debug("forking a background worker process")
+            self._process = _ForkedWorker()
+        else:
+            log.debug("starting a background worker process")
+            # The worker imports this very copy of the package (not another one on its default path).
+            root = str(Path(__file__).resolve().parent.parent)
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+            self._process = subprocess.Popen([sys.executable, "-m", "spatial_interp.background"],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self._threads = torch.get_num_threads()
         if self._threads > 1:
             torch.set_num_threads(self._threads - 1)
@@ -242,6 +250,73 @@ class Background:
                 self._changed.notify_all()
 
 
+FORK = sys.platform == "linux"
+"""Fork the worker (Linux): it starts with every module this process imported, where a fresh
+interpreter spends seconds importing torch and transformers again (measured: 6 s of the main job's
+CPU on 2 cores). Elsewhere (macOS forbids forking a process that has used Objective-C or
+Accelerate) the worker is ``python -m spatial_interp.background``."""
+
+
+class _ForkedWorker:
+    """A forked copy of this process serving :func:`_serve` on two pipes (``subprocess.Popen``'s parts used here).
+
+    The child never returns into the caller's code: it serves until its task pipe closes or it is killed,
+    then leaves with ``os._exit`` (no ``atexit`` handlers, no second flush of the caller's buffers).
+    """
+
+    def __init__(self) -> None:
+        task_read, task_write = os.pipe()
+        answer_read, answer_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(task_write)
+                os.close(answer_read)
+                _quiet_worker()
+                _serve(os.fdopen(task_read, "rb"), os.fdopen(answer_write, "wb"))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(task_read)
+        os.close(answer_write)
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin = os.fdopen(task_write, "wb")
+        self.stdout = os.fdopen(answer_read, "rb")
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):  # it has already left
+                os.kill(self.pid, signal.SIGKILL)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _quiet_worker() -> None:
+    """In the worker: anything a library prints goes to stderr (never into the answer stream), and only
+    warnings are logged, marked as the worker's."""
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for name in list(logging.root.manager.loggerDict):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s (background): %(message)s")
+
+
 def _serve(tasks: BinaryIO, answers: BinaryIO) -> None:
     """The worker's loop: for each task line read from ``tasks``, one answer line on ``answers``."""
     import torch
@@ -264,9 +339,6 @@ def _serve(tasks: BinaryIO, answers: BinaryIO) -> None:
 
 
 if __name__ == "__main__":
-    # Answers go on the original stdout; anything a library prints goes to stderr, not into the stream.
-    answer_stream = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s (background): %(message)s")
+    answer_stream = os.fdopen(os.dup(1), "wb")  # answers go on the original stdout
+    _quiet_worker()
     _serve(sys.stdin.buffer, answer_stream)

@@ -108,9 +108,11 @@ class PaperConfig:
     """Sizes of the route verdict (``None`` skips it)."""
     compare_organisms: tuple[str, ...] = ()
     """Shipped organisms whose verdicts are measured beside this model's (their planted truth next to them)."""
+    compare_verdict: MechanismConfig | None = dataclasses.field(default_factory=lambda: COMPARED_SIZES)
+    """Sizes of the compared organisms' verdicts (``None``: those of ``verdict``)."""
     vision_depth: VisionDepthConfig | None = dataclasses.field(default_factory=lambda: VISION_DEPTH_SIZES)
     """Sizes of the look inside the vision encoder (not in the paper; ``None`` skips it)."""
-    attribution: AttributionConfig | None = dataclasses.field(default_factory=AttributionConfig)
+    attribution: AttributionConfig | None = dataclasses.field(default_factory=lambda: ATTRIBUTION_SIZES)
     """Attribution patching over every cell × site, checked against exact patching (``None`` skips it)."""
 
 
@@ -127,9 +129,17 @@ PAPER_SIZES = {"pairs_per_direction": 50, "max_attempts": 2000, "probe_method": 
 
 MECHANISM_SIZES = MechanismConfig(items=48, pairs_per_direction=5, probe_items=60, batch_size=48)
 """The route verdict at the sizes the ground-truth tests use (tests/organism/test_planted.py)."""
+COMPARED_SIZES = dataclasses.replace(MECHANISM_SIZES, position_items=0)
+"""The compared organisms' verdicts: every measurement that decides a route (the knockouts) and the swaps
+and probes beside them, without the absolute-vs-relative control, which is measured on the model under
+study (§4) and costs a third of a verdict."""
 VISION_DEPTH_SIZES = VisionDepthConfig(probe_items=24, blank_items=4, pairs_per_direction=2, flow_items=1,
                                        knockout_items=8)
 """The vision-encoder depth profile at the sizes of tests/organism/test_vision_depth.py."""
+
+ATTRIBUTION_SIZES = AttributionConfig(pairs_per_direction=1, cell_check=48)
+"""Attribution patching at one pair per direction (4 pairs) with 48 checked cell points: the map and its
+agreement with exact patching at the main job's size (``spatial-interp attribute`` runs 8 pairs, 64 points)."""
 
 NOT_IN_KEY = ("progress", "background")
 """Settings that do not change any number (left out of the run key)."""
@@ -339,7 +349,7 @@ def _compared(vlm: VLM, cfg: PaperConfig) -> list[str]:
 
 
 def _submit_compared(vlm: VLM, cfg: PaperConfig, background: Background) -> list[Task[dict[str, Any]]]:
-    fields = dataclasses.asdict(_verdict_config(cfg))
+    fields = dataclasses.asdict(dataclasses.replace(cfg.compare_verdict or cfg.verdict, seed=cfg.seed))
     return [background.submit(organism_verdict, name, fields) for name in _compared(vlm, cfg)]
 
 

@@ -1,5 +1,5 @@
-"""The background worker: a second process whose errors reach the caller, which never outlives its block,
-shares work with the caller, and works from a script without a ``__main__`` guard."""
+"""The background worker: a second process (forked, or a fresh interpreter) whose errors reach the caller, which
+never outlives its block, shares work with the caller, and works from a script without a ``__main__`` guard."""
 
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ import time
 import pytest
 import torch
 
+import spatial_interp.background as background_module
 from spatial_interp.background import Background, WorkerDiedError
+
+
+@pytest.fixture(params=["fork", "fresh interpreter"])
+def worker_kind(request, monkeypatch):
+    """Both ways of starting the worker: forked (Linux) and ``python -m spatial_interp.background``."""
+    if request.param == "fork" and not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    monkeypatch.setattr(background_module, "FORK", request.param == "fork")
+    return request.param
 
 
 def _answered_by_worker(task, timeout=60.0):
@@ -24,7 +34,7 @@ def _answered_by_worker(task, timeout=60.0):
     return task.result()
 
 
-def test_worker_runs_tasks_raises_their_errors_and_exit_kills_it():
+def test_worker_runs_tasks_raises_their_errors_and_exit_kills_it(worker_kind):
     torch.set_num_threads(2)
     try:
         with Background() as background:
@@ -87,7 +97,7 @@ def test_a_script_without_a_main_guard_gets_its_answers(tmp_path):
     assert done.stdout.strip() == "True"
 
 
-def test_a_worker_that_dies_is_an_error_for_its_task_and_the_rest_run_here():
+def test_a_worker_that_dies_is_an_error_for_its_task_and_the_rest_run_here(worker_kind):
     with Background() as background:
         dying = background.submit(os._exit, 3)
         while dying.state == "pending":

@@ -74,6 +74,7 @@ class VLM:
 
     def __init__(self, model: torch.nn.Module, processor: Any, adapter: Adapter, info: ModelInfo) -> None:
         self.model = model.eval()
+        adapter.speed_up(model)
         self.processor = processor
         self.adapter = adapter
         self.info = info
