@@ -95,10 +95,10 @@ class PaperConfig:
     max_attempts: int = 400  # paper: 2000
     probe_method: str = "logreg"  # paper: "adamw" (full batch, 200 epochs)
     alphas: tuple[float, ...] = tuple(range(16))
-    amplify_items: int = 48  # paper: 440 COCO items (synthetic layouts here)
+    amplify_items: int = 32  # paper: 440 COCO items (synthetic layouts here)
     position_items: int = 48  # orderings per shift in §4's absolute-vs-relative control (not in the paper)
     eval_limit: int | None = 96  # Table 1 items per task, whole triples (paper: every item, None)
-    ablation_limit: int | None = 48  # items per task under the ablation (paper: every item)
+    ablation_limit: int | None = 32  # items per task under the ablation (paper: every item)
     batch_size: int = 32
     seed: int = 0
     progress: bool = True
@@ -127,8 +127,10 @@ PAPER_SIZES = {"pairs_per_direction": 50, "max_attempts": 2000, "probe_method": 
                "ablation_limit": None, "amplify_items": 440}
 """The :class:`PaperConfig` fields the paper sets (``--paper-sizes``)."""
 
-MECHANISM_SIZES = MechanismConfig(items=48, pairs_per_direction=5, probe_items=60, batch_size=48)
-"""The route verdict at the sizes the ground-truth tests use (tests/organism/test_planted.py)."""
+MECHANISM_SIZES = MechanismConfig(items=32, pairs_per_direction=3, probe_items=36, batch_size=48)
+"""The route verdict in the main job: 32 Table 1 items per knockout, 12 criss-cross pairs, 36 probe images
+(each planted organism's verdict at these sizes is a ground-truth test: tests/organism/test_planted.py;
+measured margins: the kept share of the clean margin is 1.00 where a route is planted, ≤ 0 where not)."""
 COMPARED_SIZES = dataclasses.replace(MECHANISM_SIZES, position_items=0)
 """The compared organisms' verdicts: every measurement that decides a route (the knockouts) and the swaps
 and probes beside them, without the absolute-vs-relative control, which is measured on the model under
@@ -317,6 +319,36 @@ def organism_verdict(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return mechanism(load(name), MechanismConfig(**cfg))
 
 
+def organism_vision_depth(name: str, weights: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
+    """The vision-depth experiment on the shipped organism ``name`` at the :class:`VisionDepthConfig` fields
+    ``cfg`` (module-level, with JSON arguments, for the background worker); refuses an organism whose
+    weights are not ``weights`` (the run's own model, by :func:`weights_key`)."""
+    from .models.load import load
+
+    vlm = load(name)
+    if weights_key(vlm) != weights:
+        raise ValueError(f"{name} loads with other weights than the run's model ({weights_key(vlm)} != {weights})")
+    return vision_depth(vlm, VisionDepthConfig(**cfg), out=Path(out))
+
+
+def _loadable_by_name(vlm: VLM) -> bool:
+    """Whether a second process gets this very model from its name (a shipped organism, as loaded by default)."""
+    import torch
+
+    return vlm.info.source == "organism" and vlm.dtype == torch.float32 and str(vlm.device) == "cpu"
+
+
+def _vision_depth_result(vlm: VLM, depth_cfg: VisionDepthConfig, folder: Path,
+                         task: Task[dict[str, Any]] | None) -> dict[str, Any]:
+    if task is not None:
+        try:
+            return task.result()
+        except Exception as error:  # noqa: BLE001 - measured here instead, the same experiment
+            log.warning("inside the vision encoder: the background worker failed (%s); measuring it here", error)
+            shutil.rmtree(folder / "work", ignore_errors=True)
+    return vision_depth(vlm, depth_cfg, out=folder / "work")
+
+
 def _verdict_config(cfg: PaperConfig) -> MechanismConfig:
     return dataclasses.replace(cfg.verdict, seed=cfg.seed)
 
@@ -482,6 +514,13 @@ def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None, *, forc
         def stage(name: str, compute: Callable[[Path], Outcome]) -> None:
             results[name], arrays[name] = _stage(out, name, k, compute)
 
+        depth_cfg = dataclasses.replace(cfg.vision_depth, seed=cfg.seed) if cfg.vision_depth is not None else None
+        depth_task = None
+        if (depth_cfg is not None and cfg.background and _loadable_by_name(vlm)
+                and not _finished(out, "vision_depth", k)):
+            # First in the worker's queue: needed before the panel; taken back here if not started by then.
+            depth_task = background.submit(organism_vision_depth, vlm.info.name, key["parts"]["weights"],
+                                           dataclasses.asdict(depth_cfg), str(out / "vision_depth" / "work"))
         compared = None
         if cfg.verdict is not None and _compared(vlm, cfg) and not _finished(out, "verdicts", k):
             log.info("route verdicts of %s: measuring in %s", ", ".join(_compared(vlm, cfg)),
@@ -496,9 +535,8 @@ def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None, *, forc
         stage("criss_cross_ablated", lambda folder: _sweep_outcome(
             criss_cross(vlm, cfg, folder / "sweep", ablation=paper_ablation(vlm.canvas), cache=cache)))
         stage("amplification", lambda folder: _amplification_stage(vlm, cfg, folder, out / "probing"))
-        if cfg.vision_depth is not None:
-            depth_cfg = dataclasses.replace(cfg.vision_depth, seed=cfg.seed)
-            stage("vision_depth", lambda folder: (vision_depth(vlm, depth_cfg, out=folder / "work"), {}))
+        if depth_cfg is not None:
+            stage("vision_depth", lambda folder: (_vision_depth_result(vlm, depth_cfg, folder, depth_task), {}))
         if cfg.attribution is not None:
             atp_cfg = dataclasses.replace(cfg.attribution, seed=cfg.seed)
             stage("attribution", lambda folder: _attribution_outcome(attribution_map(vlm, atp_cfg)))

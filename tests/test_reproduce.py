@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+import spatial_interp as si
 import spatial_interp.mechanism as mechanism_module
 import spatial_interp.reproduce as rp
 from spatial_interp.attribution_experiment import AttributionConfig
@@ -115,6 +116,32 @@ def test_the_verdict_reuses_the_position_control_of_section_4_which_equals_measu
     calls.clear()
     reproduce(vlm, tmp_path / "own", other)
     assert calls == [12, 8]
+
+
+def test_an_organisms_vision_depth_measured_in_the_background_equals_the_one_measured_here(tmp_path, monkeypatch,
+                                                                                           caplog):
+    vlm = si.load("organism-qwen2-vl-position")
+    depth = VisionDepthConfig(probe_items=12, blank_items=4, pairs_per_direction=1, flow_items=1, knockout_items=4)
+    cfg = dataclasses.replace(SMALL, vision_depth=depth, tasks=("squares",), eval_limit=4)
+    ran = []
+    here = rp.vision_depth
+    monkeypatch.setattr(rp, "vision_depth", lambda *a, **k: ran.append(1) or here(*a, **k))
+    background = reproduce(vlm, tmp_path / "background", cfg)["experiments"]["vision_depth"]
+    assert ran == []  # the forked worker measured it (the forked copy of this patch was its, not ours)
+    serial = reproduce(vlm, tmp_path / "serial", dataclasses.replace(cfg, background=False))["experiments"]
+    assert ran == [1] and json.dumps(background, sort_keys=True) == json.dumps(serial["vision_depth"], sort_keys=True)
+    # Other weights under the organism's name are refused; a worker that fails leaves the work to this process.
+    with pytest.raises(ValueError, match="other weights than the run's model"):
+        rp.organism_vision_depth(vlm.info.name, "not-these-weights", dataclasses.asdict(depth), str(tmp_path / "w"))
+    monkeypatch.setattr(rp, "organism_vision_depth", _failing_in_the_worker)
+    with caplog.at_level("WARNING"):
+        other = reproduce(vlm, tmp_path / "other", cfg)["experiments"]["vision_depth"]
+    assert "failed (refused); measuring it here" in caplog.text and ran == [1, 1]
+    assert json.dumps(other, sort_keys=True) == json.dumps(serial["vision_depth"], sort_keys=True)
+
+
+def _failing_in_the_worker(*args):
+    raise RuntimeError("refused")
 
 
 def test_rerun_resumes_bit_identically_and_other_settings_are_refused_before_any_work(tmp_path, monkeypatch):

@@ -52,7 +52,7 @@ def add_parser(subparsers, common) -> None:
     parser.add_argument("--probe-method", choices=("logreg", "adamw"), default=None, help="probe fitting")
     parser.add_argument("--alphas", nargs="+", type=float, default=None, help="amplification α grid (default 0..15)")
     parser.add_argument("--amplify-items", type=int, default=None,
-                        help="items steered in §8 (default 48; paper 440)")
+                        help="items steered in §8 (default 32; paper 440)")
     parser.add_argument("--limit", type=_limit, default=None, metavar="N|all",
                         help="Table 1: a seeded sample of N items per task, or all (default 96; --paper-sizes: all)")
     parser.add_argument("--batch-size", type=int, default=None, help="items per forward (default 32)")

@@ -35,6 +35,18 @@ def test_verdict_equals_the_planted_truth(result):
     assert got == truth, r["verdict"]
 
 
+@pytest.mark.parametrize("name", list(PLANTED))
+def test_the_main_jobs_verdict_sizes_recover_the_planted_truth(name):
+    from spatial_interp.reproduce import COMPARED_SIZES
+
+    r = mechanism(load_organism(name), COMPARED_SIZES)
+    verdict = r["verdict"]
+    for route in ("vision_route", "lm_position_route"):
+        assert verdict[route]["present"] == r["planted"][route], verdict
+        # Not by a hair: a planted route keeps most of the clean margin, an absent one almost none.
+        assert verdict[route]["retained"] > 0.8 if r["planted"][route] else verdict[route]["retained"] < 0.2
+
+
 def test_knockouts_have_the_planted_size(result):
     name, r = result
     k = r["numbers"]["knockouts"]
