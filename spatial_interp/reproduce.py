@@ -90,14 +90,14 @@ class PaperConfig:
     """
 
     tasks: tuple[str, ...] = ("squares", "shapes", "objects")
-    pairs_per_direction: int = 8  # paper: 50
+    pairs_per_direction: int = 6  # paper: 50
     filter_pairs: bool = True  # paper: keep pairs the model answers correctly on both runs
     max_attempts: int = 400  # paper: 2000
     probe_method: str = "logreg"  # paper: "adamw" (full batch, 200 epochs)
     alphas: tuple[float, ...] = tuple(range(16))
     amplify_items: int = 32  # paper: 440 COCO items (synthetic layouts here)
-    position_items: int = 48  # orderings per shift in §4's absolute-vs-relative control (not in the paper)
-    eval_limit: int | None = 96  # Table 1 items per task, whole triples (paper: every item, None)
+    position_items: int = 32  # orderings per shift in §4's absolute-vs-relative control (not in the paper)
+    eval_limit: int | None = 64  # Table 1 items per task, whole triples (paper: every item, None)
     ablation_limit: int | None = 32  # items per task under the ablation (paper: every item)
     batch_size: int = 32
     seed: int = 0
@@ -127,9 +127,11 @@ PAPER_SIZES = {"pairs_per_direction": 50, "max_attempts": 2000, "probe_method": 
                "ablation_limit": None, "amplify_items": 440}
 """The :class:`PaperConfig` fields the paper sets (``--paper-sizes``)."""
 
-MECHANISM_SIZES = MechanismConfig(items=32, pairs_per_direction=3, probe_items=36, batch_size=48)
+MECHANISM_SIZES = MechanismConfig(items=32, pairs_per_direction=3, probe_items=36, position_items=32,
+                                  batch_size=48)
 """The route verdict in the main job: 32 Table 1 items per knockout, 12 criss-cross pairs, 36 probe images
 (each planted organism's verdict at these sizes is a ground-truth test: tests/organism/test_planted.py;
+the absolute-vs-relative control at §4's 32 orderings, so it is measured once;
 measured margins: the kept share of the clean margin is 1.00 where a route is planted, ≤ 0 where not)."""
 COMPARED_SIZES = dataclasses.replace(MECHANISM_SIZES, position_items=0)
 """The compared organisms' verdicts: every measurement that decides a route (the knockouts) and the swaps

@@ -47,14 +47,14 @@ def add_parser(subparsers, common) -> None:
     parser.add_argument("--tasks", nargs="+", default=["squares", "shapes", "objects"],
                         choices=("squares", "shapes", "objects"), help="tasks of Table 1 and Table 5")
     parser.add_argument("--pairs-per-direction", type=int, default=None,
-                        help="pairs per direction (default 8; paper 50)")
+                        help="pairs per direction (default 6; paper 50)")
     parser.add_argument("--no-filter", action="store_true", help="keep pairs the model gets wrong")
     parser.add_argument("--probe-method", choices=("logreg", "adamw"), default=None, help="probe fitting")
     parser.add_argument("--alphas", nargs="+", type=float, default=None, help="amplification α grid (default 0..15)")
     parser.add_argument("--amplify-items", type=int, default=None,
                         help="items steered in §8 (default 32; paper 440)")
     parser.add_argument("--limit", type=_limit, default=None, metavar="N|all",
-                        help="Table 1: a seeded sample of N items per task, or all (default 96; --paper-sizes: all)")
+                        help="Table 1: a seeded sample of N items per task, or all (default 64; --paper-sizes: all)")
     parser.add_argument("--batch-size", type=int, default=None, help="items per forward (default 32)")
     parser.add_argument("--paper-sizes", action="store_true", help="the paper's sample sizes and AdamW probe")
     parser.add_argument("--compare", nargs="*", default=None, metavar="ORGANISM",
