@@ -74,7 +74,7 @@ class AttributionConfig:
     """Cell-level estimator: AtP with the attention layer that first reads the patched cell exact
     (its queries, keys, values and softmax; first order elsewhere), 3 forwards per chunk: on the shipped
     organisms it ranks single-cell effects at active-site Spearman 0.87-0.90 where plain ``"atp"`` gives
-    0.75-0.84 (position organism: 0.67 against 0.58)."""
+    0.75-0.83 (position organism: 0.67 against 0.58)."""
     cell_steps: int | None = None
     """``steps`` of a cell-level ``"ig"``."""
     cell_path: str = "site"
