@@ -313,12 +313,18 @@ def _attribution_outcome(found: dict[str, Any]) -> Outcome:
     return {k: v for k, v in found.items() if k not in ("regions", "cells")}, arrays
 
 
-def organism_verdict(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+def organism_verdict(name: str, cfg: dict[str, Any], weights: str | None = None,
+                     position_control: dict[str, Any] | None = None) -> dict[str, Any]:
     """The mechanism verdict of the shipped organism ``name`` at the :class:`MechanismConfig` fields ``cfg``
-    (module-level, with JSON arguments, for the background worker)."""
+    (module-level, with JSON arguments, for the background worker). ``weights``: refuse an organism whose
+    weights are not these (the run's own model, by :func:`weights_key`); ``position_control``: §4's
+    measurement of the same control, reused (see :func:`~spatial_interp.mechanism.measure`)."""
     from .models.load import load
 
-    return mechanism(load(name), MechanismConfig(**cfg))
+    vlm = load(name)
+    if weights is not None and weights_key(vlm) != weights:
+        raise ValueError(f"{name} loads with other weights than the run's model ({weights_key(vlm)} != {weights})")
+    return mechanism(vlm, MechanismConfig(**cfg), measured_position_control=position_control)
 
 
 def organism_vision_depth(name: str, weights: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
@@ -356,17 +362,31 @@ def _verdict_config(cfg: PaperConfig) -> MechanismConfig:
 
 
 def route_verdicts(vlm: VLM, cfg: PaperConfig, compared: list[Task[dict[str, Any]]] | None = None, *,
-                   measured_position_control: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                   measured_position_control: dict[str, Any] | None = None,
+                   own: Task[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The mechanism verdict of ``vlm``, then of each organism in ``cfg.compare_organisms`` (``compared``:
     their verdicts already submitted, in that order, to a :class:`~spatial_interp.background.Background`;
-    ``measured_position_control``: §4's absolute-vs-relative control, when it ran at the verdict's settings)."""
+    ``measured_position_control``: §4's absolute-vs-relative control, when it ran at the verdict's settings;
+    ``own``: ``vlm``'s verdict submitted there too, taken back and measured here if not started yet)."""
     log.info("route verdict: %s", vlm.info.name)
-    results = [mechanism(vlm, _verdict_config(cfg), measured_position_control=measured_position_control)]
+    results = [_own_verdict(vlm, cfg, own, measured_position_control)]
     tasks = compared if compared is not None else _submit_compared(vlm, cfg, Background(enabled=False))
     for name, task in zip(_compared(vlm, cfg), tasks, strict=True):
         log.info("route verdict: %s", name)
         results.append(task.result())
     return results
+
+
+def _own_verdict(vlm: VLM, cfg: PaperConfig, task: Task[dict[str, Any]] | None,
+                 position_control: dict[str, Any] | None) -> dict[str, Any]:
+    # A task the worker has not started is withdrawn: measured on this process's model, not reloaded.
+    if task is not None and not task.cancel():
+        try:
+            return task.result()
+        except Exception as error:  # noqa: BLE001 - measured here instead, the same experiment
+            log.warning("route verdict of %s: the background worker failed (%s); measuring it here",
+                        vlm.info.name, error)
+    return mechanism(vlm, _verdict_config(cfg), measured_position_control=position_control)
 
 
 def _shared_position_control(cfg: PaperConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
@@ -531,6 +551,13 @@ def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None, *, forc
 
         stage("behaviour", lambda folder: _behaviour_stage(vlm, cfg, folder))
         stage("probing", lambda folder: _probing_stage(vlm, cfg, folder))
+        own_verdict = None
+        if (cfg.verdict is not None and cfg.background and _loadable_by_name(vlm)
+                and not _finished(out, "verdicts", k)):
+            # Last in the worker's queue (it needs §4's control): whichever process is free first measures it.
+            own_verdict = background.submit(organism_verdict, vlm.info.name,
+                                            dataclasses.asdict(_verdict_config(cfg)), key["parts"]["weights"],
+                                            _shared_position_control(cfg, results))
         stage("last_token", lambda folder: _sweep_outcome(last_token(vlm, cfg, folder / "sweep")))
         stage("criss_cross", lambda folder: _sweep_outcome(criss_cross(vlm, cfg, folder / "sweep")))
         stage("ablation", lambda folder: (ordering_ablation(vlm, cfg, cache), {}))
@@ -544,7 +571,8 @@ def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None, *, forc
             stage("attribution", lambda folder: _attribution_outcome(attribution_map(vlm, atp_cfg)))
         if cfg.verdict is not None:
             stage("verdicts", lambda folder: ({"models": route_verdicts(
-                vlm, cfg, compared, measured_position_control=_shared_position_control(cfg, results))}, {}))
+                vlm, cfg, compared, measured_position_control=_shared_position_control(cfg, results),
+                own=own_verdict)}, {}))
 
         summary = {"run_key": k, "model": _model_record(vlm), "weights": key["parts"]["weights"],
                    "config": key["parts"]["config"], "experiments": results}

@@ -65,3 +65,27 @@ def test_report_is_self_contained(tmp_path):
     text = path.read_text(encoding="utf-8")
     assert "<h2>Strips</h2>" in text and "text &lt;b&gt;" in text and "<td>1</td>" in text
     assert "<script src=" not in text and "plotly.js v" in text  # plotly.js inlined, no CDN
+
+
+def test_report_figures_carry_the_report_template_and_their_data(tmp_path):
+    import json
+    import re
+
+    import plotly.io as pio
+
+    from spatial_interp.report.html import REPORT_TEMPLATE
+
+    assert REPORT_TEMPLATE == "plotly_white"
+    fig = layer_curves(sweep_like())
+    path = write_report([Section("Curves", "", [fig])], tmp_path / "r.html")
+    text = path.read_text(encoding="utf-8")
+    # The figure's JSON as plotly.js receives it: Plotly.newPlot(id, data, layout, config).
+    call = re.search(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*(\{.*?\}),\s*\{"responsive"', text, re.S)
+    assert call is not None
+    data, layout = json.loads(call.group(1)), json.loads(call.group(2))
+    white = pio.templates[REPORT_TEMPLATE].layout
+    assert layout["template"]["layout"]["plot_bgcolor"] == white.plot_bgcolor == "white"
+    assert fig.layout.template.layout.plot_bgcolor != "white"  # the figure itself keeps the default template
+    assert layout["width"] == fig.layout.width and layout["title"]["text"] == fig.layout.title.text
+    assert [trace.get("name") for trace in data] == [trace.name for trace in fig.data]
+    assert [trace["x"] for trace in data] == [list(trace.x) for trace in fig.data]

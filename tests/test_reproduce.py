@@ -140,6 +140,29 @@ def test_an_organisms_vision_depth_measured_in_the_background_equals_the_one_mea
     assert json.dumps(other, sort_keys=True) == json.dumps(serial["vision_depth"], sort_keys=True)
 
 
+def test_an_organisms_own_verdict_measured_in_the_background_equals_the_one_measured_here(tmp_path, monkeypatch,
+                                                                                          caplog):
+    """Submitted after §4 (with §4's position control), measured by the worker, equal to the serial run."""
+    vlm = si.load("organism-qwen2-vl-position")
+    verdict = MechanismConfig(items=8, pairs_per_direction=1, filter_pairs=False, probe_items=12, position_items=12,
+                              batch_size=SMALL.batch_size)
+    cfg = dataclasses.replace(SMALL, verdict=verdict, compare_organisms=(), eval_limit=4)
+    ran = []
+    here = rp.mechanism
+    monkeypatch.setattr(rp, "mechanism", lambda *a, **k: ran.append(1) or here(*a, **k))
+    background = reproduce(vlm, tmp_path / "background", cfg)["experiments"]["verdicts"]
+    assert ran == []  # the forked worker measured it (its copy of the patch counted there)
+    serial = reproduce(vlm, tmp_path / "serial", dataclasses.replace(cfg, background=False))["experiments"]
+    assert ran == [1] and json.dumps(background, sort_keys=True) == json.dumps(serial["verdicts"], sort_keys=True)
+    with pytest.raises(ValueError, match="other weights than the run's model"):
+        rp.organism_verdict(vlm.info.name, dataclasses.asdict(verdict), "not-these-weights")
+    monkeypatch.setattr(rp, "organism_verdict", _failing_in_the_worker)
+    with caplog.at_level("WARNING"):
+        other = reproduce(vlm, tmp_path / "other", cfg)["experiments"]["verdicts"]
+    assert "failed (refused); measuring it here" in caplog.text and ran == [1, 1]
+    assert json.dumps(other, sort_keys=True) == json.dumps(serial["verdicts"], sort_keys=True)
+
+
 def _failing_in_the_worker(*args):
     raise RuntimeError("refused")
 

@@ -73,7 +73,7 @@ def attribution_heatmaps(result: LabelledArray, *, title: str = "") -> go.Figure
         fig.update_xaxes(title_text="site", row=1, col=k + 1)
         fig.update_yaxes(title_text="cell" if "grid" in result.attrs else "region", autorange="reversed",
                          row=1, col=k + 1)
-    fig.update_layout(title=title or "patching effect: attribution estimate vs exact", template="plotly_white",
+    fig.update_layout(title=title or "patching effect: attribution estimate vs exact",
                       height=max(360, 8 * len(regions) + 160))
     return fig
 
@@ -89,7 +89,7 @@ def agreement_scatter(result: LabelledArray, *, title: str = "") -> go.Figure:
     fig = go.Figure([go.Scatter(x=x, y=y, mode="markers", marker={"size": 4, "opacity": 0.6}, name="entries"),
                      go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot", "color": "gray"},
                                 name="y = x")])
-    fig.update_layout(title=title or "attribution estimate vs exact patching", template="plotly_white",
+    fig.update_layout(title=title or "attribution estimate vs exact patching",
                       xaxis_title=f"exact Δ {metric}", yaxis_title=f"estimated Δ {metric}")
     return fig
 

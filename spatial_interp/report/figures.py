@@ -76,7 +76,7 @@ def layer_curves(result: LabelledArray, *, region: str | None = None, metrics: S
     caption = f"n = {n} pairs; line: mean, band: 95 % bootstrap interval (clipped to [0, 1])"
     fig.update_layout(title=_titled(title or (f"{region} patched" if region else "patched"), caption),
                       xaxis_title="residual slot patched (Embed = input of LM layer 0)", yaxis_title=y_title,
-                      yaxis_range=[0, 1.02], template="plotly_white", hovermode="x unified", width=MAX_WIDTH,
+                      yaxis_range=[0, 1.02], hovermode="x unified", width=MAX_WIDTH,
                       height=400, legend_title_text="answer", margin={"t": 80})
     return fig
 
@@ -108,11 +108,14 @@ def strip_maps(maps: LabelledArray, *, image: Image.Image | None = None, title: 
                                  colorbar={"title": {"text": colorbar_title}, "thickness": 12},
                                  hovertemplate="row %{y}, col %{x}: %{z:.3f}<extra></extra>"),
                       row=1, col=k + 1 + offset)
+    # All panels' axes in one layout update (one update per subplot costs plotly a walk of the grid each).
+    axes = {}
     for col in range(1, len(panels) + 1):
-        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{col if col > 1 else ''}", row=1, col=col,
-                         showticklabels=col == 1, title_text="cell row" if col == 1 else None)
-        fig.update_xaxes(title_text="cell column", row=1, col=col)
-    fig.update_layout(title=_titled(title, caption), template="plotly_white", height=300, width=MAX_WIDTH,
+        suffix = str(col) if col > 1 else ""
+        axes[f"yaxis{suffix}"] = {"autorange": "reversed", "scaleanchor": f"x{suffix}", "showticklabels": col == 1,
+                                  "title": {"text": "cell row" if col == 1 else None}}
+        axes[f"xaxis{suffix}"] = {"title": {"text": "cell column"}}
+    fig.update_layout(axes, title=_titled(title, caption), height=300, width=MAX_WIDTH,
                       margin={"t": 90, "l": 50, "r": 20})
     return fig
 
@@ -127,7 +130,7 @@ def region_heatmap(result: LabelledArray, *, metric: str, title: str = "", capti
                                colorbar={"title": {"text": f"mean {metric}"}, "thickness": 12},
                                hovertemplate="%{y} @ %{x}: %{z:.3f}<extra></extra>"))
     fig.update_layout(title=_titled(title or f"{metric} after patching", caption or f"n = {n} pairs; mean over pairs"),
-                      xaxis_title="residual slot patched", yaxis_title="region swapped", template="plotly_white",
+                      xaxis_title="residual slot patched", yaxis_title="region swapped",
                       width=MAX_WIDTH, height=120 + 60 * len(arr.coords["region"]), margin={"t": 80})
     return fig
 
@@ -142,6 +145,6 @@ def alpha_curves(curves: dict[str, Sequence[float]], alphas: Sequence[float], *,
     fig.add_hline(y=baseline, line_dash="dash", line_color="#555", annotation_text=f"unsteered {baseline:.3f}",
                   annotation_position="bottom right")
     fig.update_layout(title=_titled(title, caption), xaxis_title="α (multiple of the probe projection added)",
-                      yaxis_title=y_title, yaxis_range=[0, 1.02], template="plotly_white", width=MAX_WIDTH,
+                      yaxis_title=y_title, yaxis_range=[0, 1.02], width=MAX_WIDTH,
                       height=380, legend_title_text="direction", margin={"t": 80})
     return fig

@@ -47,7 +47,7 @@ def probe_figure(result: dict[str, Any]) -> go.Figure:
     fig.update_layout(title=_titled("Slot probes through the vision tower",
                                     f"held-out accuracy, {p['objects']['n_test_items']} test of {p['n_items']} images"),
                       xaxis_title="vision site (block output; vision_out = spliced tokens)",
-                      yaxis_title="held-out accuracy (3 classes)", yaxis_range=[0, 1.02], template="plotly_white",
+                      yaxis_title="held-out accuracy (3 classes)", yaxis_range=[0, 1.02],
                       width=WIDTH, height=420)
     return fig
 
@@ -66,7 +66,7 @@ def swap_figure(result: dict[str, Any]) -> go.Figure:
                                     f"share of {s['n_pairs']} pairs answering the counterfactual word; the swap "
                                     "continues through the blocks above"),
                       xaxis_title="vision site the swap is made at", yaxis_title="share answering counterfactual",
-                      yaxis_range=[0, 1.02], template="plotly_white", width=WIDTH, height=420)
+                      yaxis_range=[0, 1.02], width=WIDTH, height=420)
     return fig
 
 
@@ -83,7 +83,7 @@ def flow_figure(result: dict[str, Any]) -> go.Figure:
     fig.update_layout(title=_titled("Attention flow between regions",
                                     f"mean over {f['n_items']} images and all heads; rows of one 'from' sum to 1"),
                       xaxis_title="from-region (queries) → to-region (keys)", yaxis_title="vision block",
-                      template="plotly_white", width=WIDTH, height=320 + 30 * len(f["blocks"]))
+                      width=WIDTH, height=320 + 30 * len(f["blocks"]))
     return fig
 
 
@@ -102,7 +102,7 @@ def map_figure(result: dict[str, Any]) -> go.Figure:
     fig.update_layout(title=_titled(f"Entity probe applied to every cell: P({p['classes'][0]})",
                                     f"mean over {p['objects']['n_test_items']} test images; every block mapped back "
                                     "to cells"),
-                      template="plotly_white", width=WIDTH, height=330)
+                      width=WIDTH, height=330)
     return fig
 
 

@@ -10,6 +10,7 @@ from transformers import Qwen2VLConfig, Qwen2VLImageProcessor, Qwen2VLProcessor,
 
 from ...geometry import Grid, PixelTransform
 from ..patch_embedding import as_matmul
+from ..rope_index import rope_index_by_layout
 from ..tokenizer import PROMPT_WORDS, build_word_tokenizer
 from .base import Adapter, TinySpec
 
@@ -73,6 +74,7 @@ class Qwen2VLAdapter(Adapter):
 
     def speed_up(self, model: torch.nn.Module) -> None:
         as_matmul(model.get_submodule("model.visual.patch_embed.proj"))  # a Conv3d over pre-cut patches
+        rope_index_by_layout(model.get_submodule("model"))  # rotary positions once per distinct row layout
 
     def n_vision_blocks(self, config: Any) -> int:
         return config.vision_config.depth
