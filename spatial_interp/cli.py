@@ -14,11 +14,13 @@ it with the full traceback instead.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 COMMANDS = ("info", "geometry", "eval", "sweep", "mechanism", "attribute", "vision_depth", "plan", "reproduce")
 DEFAULT_MODEL = "organism-qwen2-vl-dual"
@@ -208,5 +210,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def entry() -> NoReturn:
+    """The ``spatial-interp`` program: :func:`main`, then an exit without the interpreter's last collections."""
+    code = main()
+    # Shutdown ends with full garbage collections over every object torch, transformers and the run made:
+    # 1.1 s of each command's exit here, measured (1.45 s → 0.32 s after importing the package). The
+    # command is over and everything it wrote is closed, so those objects are left to the process's end.
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -64,7 +64,7 @@ from .mechanism import MechanismConfig, mechanism
 from .models.vlm import VLM
 from .progress import experiment
 from .report import write_report
-from .report.reproduction import reproduction_sections
+from .report.reproduction import paper_sections, verdict_sections
 from .results import LabelledArray, folder_lock, git_commit, provenance, write_json
 from .vision_depth import VisionDepthConfig, vision_depth
 
@@ -569,16 +569,17 @@ def reproduce(vlm: VLM, out: str | Path, cfg: PaperConfig | None = None, *, forc
         if cfg.attribution is not None:
             atp_cfg = dataclasses.replace(cfg.attribution, seed=cfg.seed)
             stage("attribution", lambda folder: _attribution_outcome(attribution_map(vlm, atp_cfg)))
+        summary = {"run_key": k, "model": _model_record(vlm), "weights": key["parts"]["weights"],
+                   "config": key["parts"]["config"], "experiments": results}
+        images = {o: out / "probing" / f"stimulus-{o}.png" for o in ("horizontal", "vertical")}
+        prov = json.loads((out / "provenance.json").read_text())
+        # The paper's sections are drawn while the worker may still be measuring the last verdicts.
+        sections = paper_sections(summary, arrays, provenance=prov, stimuli=images)
         if cfg.verdict is not None:
             stage("verdicts", lambda folder: ({"models": route_verdicts(
                 vlm, cfg, compared, measured_position_control=_shared_position_control(cfg, results),
                 own=own_verdict)}, {}))
-
-        summary = {"run_key": k, "model": _model_record(vlm), "weights": key["parts"]["weights"],
-                   "config": key["parts"]["config"], "experiments": results}
         write_json(out / "summary.json", summary)
-        images = {o: out / "probing" / f"stimulus-{o}.png" for o in ("horizontal", "vertical")}
-        prov = json.loads((out / "provenance.json").read_text())
-        sections = reproduction_sections(summary, arrays, provenance=prov, stimuli=images)
-        write_report(sections, out / "report.html", title=f"spatial_interp — {vlm.info.name}")
+        write_report([*sections, *verdict_sections(results)], out / "report.html",
+                     title=f"spatial_interp — {vlm.info.name}")
     return {**summary, "report": str(out / "report.html")}

@@ -41,3 +41,20 @@ def test_config_file_fills_options(tmp_path, capsys):
     config.write_text("model: tiny-gemma3\njson: true\n")
     code, out = run(capsys, "info", "--config", str(config))
     assert json.loads(out)["arch"] == "gemma3"
+
+
+def test_the_program_entry_exits_with_mains_code_and_its_whole_output(tmp_path):
+    """``spatial-interp`` is :func:`entry` (main, then an exit past the last collections): same code, same output."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'^spatial-interp = "spatial_interp.cli:entry"$', pyproject, re.M)
+    ok = subprocess.run([sys.executable, "-m", "spatial_interp.cli", "info", "tiny-pixtral", "--json"],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["grid"] == [15, 15]
+    bad = subprocess.run([sys.executable, "-m", "spatial_interp.cli", "plan", "meta-gemma3", "--batch-size", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stdout == ""

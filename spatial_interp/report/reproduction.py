@@ -397,6 +397,20 @@ def amplification_section(result: Mapping[str, Any], reference: Reference) -> Se
 def reproduction_sections(summary: Mapping[str, Any], arrays: Mapping[str, Mapping[str, LabelledArray]], *,
                           provenance: Mapping[str, Any], stimuli: Mapping[str, Path] | None = None) -> list[Section]:
     """Every section of the report, in the paper's order, from a run's stored results."""
+    return [*paper_sections(summary, arrays, provenance=provenance, stimuli=stimuli),
+            *verdict_sections(summary["experiments"])]
+
+
+def verdict_sections(experiments: Mapping[str, Any]) -> list[Section]:
+    """The route verdicts' section, when the run measured them (the report's last)."""
+    if "verdicts" not in experiments:
+        return []
+    return [verdict_section(experiments["verdicts"]["models"], title="Which route carries order — measured verdicts")]
+
+
+def paper_sections(summary: Mapping[str, Any], arrays: Mapping[str, Mapping[str, LabelledArray]], *,
+                   provenance: Mapping[str, Any], stimuli: Mapping[str, Path] | None = None) -> list[Section]:
+    """The report's sections before the verdicts: the banner, then each experiment the run holds."""
     model = summary["model"]
     reference = reference_model(model["arch"], model["name"])
     exp = summary["experiments"]
@@ -425,7 +439,4 @@ def reproduction_sections(summary: Mapping[str, Any], arrays: Mapping[str, Mappi
         else:
             sections.append(Section("Attribution patching", "No criss-cross pair passed the filter, so nothing "
                                                             "was attributed."))
-    if "verdicts" in exp:
-        sections.append(verdict_section(exp["verdicts"]["models"],
-                                        title="Which route carries order — measured verdicts"))
     return sections
