@@ -58,3 +58,23 @@ def test_the_program_entry_exits_with_mains_code_and_its_whole_output(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "spatial_interp.cli", "plan", "meta-gemma3", "--batch-size", "0"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stdout == ""
+
+
+def test_a_first_import_runs_with_collections_paused_and_leaves_what_it_made_frozen(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "probe_module.py").write_text("import gc\nCOLLECTING = gc.isenabled()\n")
+    script = (
+        "import gc, sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from spatial_interp.cli import _import_without_collections\n"
+        "gc.unfreeze()\n"
+        "_import_without_collections('probe_module')\n"
+        "import probe_module\n"
+        "frozen = gc.get_freeze_count()\n"
+        "_import_without_collections('probe_module')  # imported already: nothing done\n"
+        "print(probe_module.COLLECTING, gc.isenabled(), frozen > 0, gc.get_freeze_count() == frozen)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True", "True"]
