@@ -84,7 +84,7 @@ class ReproduceMismatchError(ValueError):
 class PaperConfig:
     """How much of each experiment to run (the paper's sizes are the comments; :meth:`paper_sizes`).
 
-    The defaults are sized for the main job on a laptop CPU (about 30 s on the shipped organism); every
+    The defaults are sized for the main job on a laptop CPU (about 25 s on the shipped organism); every
     number the report states carries its sample size and interval, so smaller samples read as wider
     intervals, not as different findings.
     """

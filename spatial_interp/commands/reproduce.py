@@ -2,7 +2,7 @@
 
 Table 1 (behaviour), §4 slot probes and strip maps, §5 last-token patching, §6 criss-cross object/strip
 patching, Table 5 ordering ablation (full grid and capped), §7.2 object swaps under the ablation and
-§8 probe-direction amplification. Defaults are sized for a laptop CPU (about 30 s on the shipped
+§8 probe-direction amplification. Defaults are sized for a laptop CPU (about 25 s on the shipped
 organism); ``--paper-sizes`` uses the paper's (50 pairs per direction, 2000 draws, the AdamW probe,
 every Table 1 item, 440 amplified items).
 """

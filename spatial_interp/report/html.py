@@ -15,7 +15,7 @@ from ..results import atomic_write
 
 REPORT_TEMPLATE = "plotly_white"
 """The report's plotly template. It is written into each figure's JSON here, once per report: set on
-every figure through plotly's validators it cost about 20 ms a figure (half the report's time), and
+every figure through plotly's validators it cost about 20 ms a figure (40 % of the report's time), and
 figures shown in a notebook keep the user's own default template."""
 
 
