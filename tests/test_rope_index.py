@@ -58,7 +58,8 @@ def test_batches_it_cannot_split_by_row_go_to_the_stock_method_whole():
     def per_row(input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None, attention_mask=None,
                 **kwargs):
         calls.append(input_ids.shape[0])
-        return mm_token_type_ids.cumsum(-1).expand(3, -1, -1), mm_token_type_ids.sum(-1, keepdim=True)
+        types = mm_token_type_ids if mm_token_type_ids is not None else torch.zeros_like(input_ids)
+        return types.cumsum(-1).expand(3, -1, -1), types.sum(-1, keepdim=True)
 
     fast = by_distinct_layout(per_row)
     ids, mask = torch.zeros(4, 5, dtype=torch.long), torch.ones(4, 5, dtype=torch.long)
@@ -70,7 +71,8 @@ def test_batches_it_cannot_split_by_row_go_to_the_stock_method_whole():
     for call in (dict(mm_token_type_ids=two_images, image_grid_thw=torch.cat([grids, grids])),  # 2 images a row
                  dict(mm_token_type_ids=one_image, image_grid_thw=grids, video_grid_thw=grids),  # videos
                  dict(mm_token_type_ids=one_image, image_grid_thw=grids, second_per_grid_ts=torch.ones(4)),
-                 dict(mm_token_type_ids=one_image, image_grid_thw=None)):  # no images
+                 dict(mm_token_type_ids=one_image, image_grid_thw=None),  # no images
+                 dict(mm_token_type_ids=None, image_grid_thw=grids)):  # no token types
         calls.clear()
         fast(ids, attention_mask=mask, **call)
         assert calls == [4]

@@ -53,7 +53,7 @@ def by_distinct_layout(get_rope_index: Callable[..., tuple[Tensor, Tensor]]) -> 
         stock = functools.partial(get_rope_index, input_ids, mm_token_type_ids=mm_token_type_ids,
                                   image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
                                   attention_mask=attention_mask, **kwargs)
-        if (video_grid_thw is not None or image_grid_thw is None or attention_mask is None
+        if (video_grid_thw is not None or image_grid_thw is None or attention_mask is None or mm_token_type_ids is None
                 or any(v is not None for v in kwargs.values()) or input_ids.shape[0] < 2
                 or attention_mask.shape != mm_token_type_ids.shape
                 or not _one_image_per_row(mm_token_type_ids, image_grid_thw)):
