@@ -319,24 +319,24 @@ def organism_verdict(name: str, cfg: dict[str, Any], weights: str | None = None,
     (module-level, with JSON arguments, for the background worker). ``weights``: refuse an organism whose
     weights are not these (the run's own model, by :func:`weights_key`); ``position_control``: §4's
     measurement of the same control, reused (see :func:`~spatial_interp.mechanism.measure`)."""
-    from .models.load import load
-
-    vlm = load(name)
-    if weights is not None and weights_key(vlm) != weights:
-        raise ValueError(f"{name} loads with other weights than the run's model ({weights_key(vlm)} != {weights})")
-    return mechanism(vlm, MechanismConfig(**cfg), measured_position_control=position_control)
+    return mechanism(_organism(name, weights), MechanismConfig(**cfg), measured_position_control=position_control)
 
 
 def organism_vision_depth(name: str, weights: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
     """The vision-depth experiment on the shipped organism ``name`` at the :class:`VisionDepthConfig` fields
     ``cfg`` (module-level, with JSON arguments, for the background worker); refuses an organism whose
     weights are not ``weights`` (the run's own model, by :func:`weights_key`)."""
+    return vision_depth(_organism(name, weights), VisionDepthConfig(**cfg), out=Path(out))
+
+
+def _organism(name: str, weights: str | None) -> VLM:
+    """The shipped organism ``name``, refused unless its weights are ``weights`` (when given)."""
     from .models.load import load
 
     vlm = load(name)
-    if weights_key(vlm) != weights:
+    if weights is not None and weights_key(vlm) != weights:
         raise ValueError(f"{name} loads with other weights than the run's model ({weights_key(vlm)} != {weights})")
-    return vision_depth(vlm, VisionDepthConfig(**cfg), out=Path(out))
+    return vlm
 
 
 def _loadable_by_name(vlm: VLM) -> bool:
@@ -349,12 +349,20 @@ def _loadable_by_name(vlm: VLM) -> bool:
 def _vision_depth_result(vlm: VLM, depth_cfg: VisionDepthConfig, folder: Path,
                          task: Task[dict[str, Any]] | None) -> dict[str, Any]:
     if task is not None:
-        try:
-            return task.result()
-        except Exception as error:  # noqa: BLE001 - measured here instead, the same experiment
-            log.warning("inside the vision encoder: the background worker failed (%s); measuring it here", error)
-            shutil.rmtree(folder / "work", ignore_errors=True)
+        found = _worker_answer(task, "inside the vision encoder")
+        if found is not None:
+            return found
+        shutil.rmtree(folder / "work", ignore_errors=True)  # what the failed worker left
     return vision_depth(vlm, depth_cfg, out=folder / "work")
+
+
+def _worker_answer(task: Task[dict[str, Any]], what: str) -> dict[str, Any] | None:
+    """``task``'s result, or ``None`` with a warning when the worker failed (then it is measured here)."""
+    try:
+        return task.result()
+    except Exception as error:  # noqa: BLE001 - measured here instead, the same experiment
+        log.warning("%s: the background worker failed (%s); measuring it here", what, error)
+        return None
 
 
 def _verdict_config(cfg: PaperConfig) -> MechanismConfig:
@@ -380,12 +388,11 @@ def route_verdicts(vlm: VLM, cfg: PaperConfig, compared: list[Task[dict[str, Any
 def _own_verdict(vlm: VLM, cfg: PaperConfig, task: Task[dict[str, Any]] | None,
                  position_control: dict[str, Any] | None) -> dict[str, Any]:
     # A task the worker has not started is withdrawn: measured on this process's model, not reloaded.
+    found = None
     if task is not None and not task.cancel():
-        try:
-            return task.result()
-        except Exception as error:  # noqa: BLE001 - measured here instead, the same experiment
-            log.warning("route verdict of %s: the background worker failed (%s); measuring it here",
-                        vlm.info.name, error)
+        found = _worker_answer(task, f"route verdict of {vlm.info.name}")
+    if found is not None:
+        return found
     return mechanism(vlm, _verdict_config(cfg), measured_position_control=position_control)
 
 

@@ -87,13 +87,6 @@ class Example:
     def name(self) -> str:
         return self.id if self.id is not None else self.key
 
-    def with_prompt(self, prompt: str) -> Example:
-        """This image (and ``source``) under another prompt; its pixel hash (:attr:`image_key`), taken once,
-        carries over. ``id`` and ``answer`` belong to the old prompt and are not carried."""
-        other = Example(self.image, prompt, source=self.source)
-        object.__setattr__(other, "_image_key", self.image_key)
-        return other
-
 
 @dataclass(frozen=True, eq=False)
 class PatchPair:

@@ -78,26 +78,20 @@ def paper_ablation(canvas: str, *, background_cap: int | None = None) -> Ablatio
     from ..data.references import EMPTY, ablation_plan, reference_images, reference_key
 
     rendered: dict[str, Any] = {}  # reference images by key, rendered once per ablation
-    # One Example per reference image, re-prompted per item: the pixel hash the reference cache keys
-    # them by is taken once per distinct image, not once per item that uses it.
-    examples: dict[str, Example] = {}
-
-    def reference_example(key: str, prompt: str) -> Example:
-        if key not in examples:
-            examples[key] = Example(rendered[key], prompt)
-        return examples[key].with_prompt(prompt)
 
     def references(example: Example, layout: ImageLayout) -> list[Reference]:
         item = _item(example)
         plan = ablation_plan(item, canvas, background_cap=background_cap)
         missing = [e for e in item.entities if reference_key(e) not in rendered]
         if missing or EMPTY not in rendered:
-            rendered.update(reference_images(missing, canvas))
+            # Images already drawn are kept: one object per reference, so the ablation keys each once.
+            rendered.update({k: v for k, v in reference_images(missing, canvas).items() if k not in rendered})
+        images = rendered
         grid = layout.grid
-        refs = [Reference(Region.cells(grid, s.cells), reference_example(s.reference, example.prompt),
+        refs = [Reference(Region.cells(grid, s.cells), Example(images[s.reference], example.prompt),
                           Region.cells(grid, s.reference_cells)) for s in plan.slots]
         if plan.background:
-            refs.append(Reference(Region.cells(grid, plan.background), reference_example(EMPTY, example.prompt)))
+            refs.append(Reference(Region.cells(grid, plan.background), Example(images[EMPTY], example.prompt)))
         return refs
 
     return Ablation(references)

@@ -121,7 +121,7 @@ def test_sweep_under_ablation_equals_patches(chat):
         np.testing.assert_allclose(got, single.values, atol=1e-6, rtol=0)
 
 
-def test_paper_ablation_hashes_each_reference_image_once_with_the_keys_of_fresh_examples(monkeypatch):
+def test_an_ablation_hashes_each_reference_image_once_under_the_keys_of_fresh_examples(monkeypatch):
     import hashlib
     import types
 
@@ -135,14 +135,15 @@ def test_paper_ablation_hashes_each_reference_image_once_with_the_keys_of_fresh_
     items = sample_triples(squares_items(vlm.canvas), 8, 0)
     inputs = [Example(it.image, it.prompt, source=it) for it in items]
     layouts = vlm.prepare([e.image for e in inputs], [e.prompt for e in inputs]).layouts
+    ablation = paper_ablation(vlm.canvas)
     hashed = []
     monkeypatch.setattr(examples_module, "hashlib", types.SimpleNamespace(
         sha1=lambda: hashed.append(1) or hashlib.sha1()))
-    ablation = paper_ablation(vlm.canvas)
-    refs = [r for e, layout in zip(inputs, layouts, strict=True) for r in ablation.references(e, layout)]
-    keys = [ReferenceCache.key(ablation.site, r.example, None) for r in refs]
-    distinct = {reference_key(entity) for it in items for entity in it.entities} | {EMPTY}
-    assert len(refs) > len(distinct) and len(hashed) == len(distinct)
+    cache = ReferenceCache()
+    ablation.compute(vlm, inputs, layouts, cache=cache)
     monkeypatch.undo()
-    assert keys == [ReferenceCache.key(ablation.site, Example(r.example.image, r.example.prompt), None) for r in refs]
-    assert {r.example.prompt for r in refs} == {e.prompt for e in inputs}
+    refs = [r for e, layout in zip(inputs, layouts, strict=True) for r in ablation.references(e, layout)]
+    distinct = {reference_key(entity) for it in items for entity in it.entities} | {EMPTY}
+    assert len(refs) > len(distinct) and len(hashed) == len(distinct) == len(cache)
+    assert all(ReferenceCache.key(ablation.site, Example(r.example.image, r.example.prompt), None) in cache
+               for r in refs)
